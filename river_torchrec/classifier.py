@@ -1,0 +1,393 @@
+"""The river-facing CTR classifier: dicts and DataFrames in, a PyTorch CTR model learning online."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from river import base
+
+from river_torchrec.encoding import NUMERIC, FieldEncoder, parse_features
+from river_torchrec.nn import MODELS, PADDING_ROW, CTRModel, DynamicEmbedding
+from river_torchrec.optim import DenseGrad, SparseGrad, Updater, make_updater
+from river_torchrec.optim.schedulers import Scheduler
+
+__all__ = ["CTRClassifier"]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` picks CUDA, then MPS, then CPU; anything else is passed to ``torch.device``."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def _label(y: Any) -> float:
+    if isinstance(y, (bool, np.bool_)):
+        return float(y)
+    if isinstance(y, (int, float, np.integer, np.floating)) and (y == 0 or y == 1):
+        return float(y)
+    raise ValueError(f"label must be a bool or 0/1, got {y!r} ({type(y).__name__})")
+
+
+def _weight(w: Any) -> float:
+    f = float(w)
+    if not math.isfinite(f) or f < 0:
+        raise ValueError(f"sample weight must be finite and >= 0, got {w!r}")
+    return f
+
+
+class CTRClassifier(base.MiniBatchClassifier):
+    """A binary CTR classifier that learns a PyTorch model from every event.
+
+    Each feature is a *field*: a ``str`` or ``bool`` value is categorical and gets its own
+    embedding row; an ``int`` or ``float`` is numeric, with one row per field scaled by the
+    value; ``None`` is missing. Fields may appear and disappear at any time: a new field
+    grows the model, an absent one contributes nothing.
+
+    Parameters
+    ----------
+    model
+        ``"lr"``, ``"fm"``, ``"deepfm"``, ``"widedeep"``, ``"dcnv2"``, or a subclass of
+        :class:`river_torchrec.nn.CTRModel`, built with ``embedding_dim``, ``hidden_units``,
+        ``table`` and ``model_params``.
+    embedding_dim
+        Width of each embedding row (LR ignores it).
+    hidden_units
+        Hidden layers of the deep part (DeepFM, Wide&Deep, DCN-v2).
+    embeddings
+        ``"dynamic"`` (collisionless, growing) or ``"hash"`` (``n_buckets`` fixed rows).
+    n_buckets
+        Rows of the table in ``"hash"`` mode.
+    min_count
+        ``"dynamic"`` mode: occurrences before a categorical value gets its own row; until
+        then it shares its field's out-of-vocabulary row.
+    max_rows
+        ``"dynamic"`` mode: bound on the rows, evicting the least recently used ones.
+    optimizer
+        An updater from :mod:`river_torchrec.optim` or a name (``"adam"``, ``"sgd"``, ...).
+    lr
+        Learning rate when ``optimizer`` is a name (the updater's default otherwise).
+    scheduler
+        A scheduler from :mod:`river_torchrec.optim.schedulers`; constant rate if None.
+    batch_size
+        1: one step per event (pure online gradient descent). k > 1: ``learn_one`` buffers
+        events and takes one step per k; predictions use the weights of the last step.
+        :meth:`flush` applies a partial buffer.
+    device
+        ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``.
+    seed
+        Seed of the weight initialisation.
+    model_params
+        Extra keyword arguments of the model class (e.g. ``{"n_cross_layers": 3}``).
+
+    Attributes
+    ----------
+    model_
+        The :class:`torch.nn.Module`.
+    n_rejected_
+        Steps rejected because they produced a non-finite loss, gradient or weight.
+
+    Examples
+    --------
+    >>> from river import evaluate, metrics
+    >>> from river_torchrec import CTRClassifier, datasets
+    >>> model = CTRClassifier(model="deepfm", seed=1)
+    >>> evaluate.progressive_val_score(
+    ...     datasets.SyntheticCTR(n_events=2_000, seed=1), model, metrics.LogLoss()
+    ... )
+    LogLoss: 0.3...
+
+    """
+
+    def __init__(
+        self,
+        model: str | type[CTRModel] = "deepfm",
+        embedding_dim: int = 8,
+        hidden_units: Sequence[int] = (64, 32),
+        embeddings: str = "dynamic",
+        n_buckets: int = 2**18,
+        min_count: int = 1,
+        max_rows: int | None = None,
+        optimizer: str | Updater = "adam",
+        lr: float | None = None,
+        scheduler: Scheduler | None = None,
+        batch_size: int = 1,
+        device: str = "cpu",
+        seed: int = 42,
+        model_params: dict | None = None,
+    ) -> None:
+        self.model = model
+        self.embedding_dim = embedding_dim
+        self.hidden_units = hidden_units
+        self.embeddings = embeddings
+        self.n_buckets = n_buckets
+        self.min_count = min_count
+        self.max_rows = max_rows
+        self.optimizer = optimizer
+        self.lr = lr
+        self.scheduler = scheduler
+        self.batch_size = batch_size
+        self.device = device
+        self.seed = seed
+        self.model_params = model_params
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if embeddings not in ("dynamic", "hash"):
+            raise ValueError(f"embeddings must be 'dynamic' or 'hash', got {embeddings!r}")
+        self._device = resolve_device(device)
+        self._updater = make_updater(optimizer, lr)
+        self._encoder = FieldEncoder()
+        self._buffer: list[tuple[Any, float, float]] = []
+        self.n_rejected_ = 0
+        self.model_ = self._build_model()
+
+    # ------------------------------------------------------------- building
+
+    def _build_model(self) -> CTRModel:
+        if isinstance(self.model, str):
+            try:
+                cls = MODELS[self.model.lower()]
+            except KeyError:
+                raise ValueError(
+                    f"unknown model {self.model!r}; expected one of {sorted(MODELS)} or a CTRModel subclass"
+                ) from None
+        elif isinstance(self.model, type) and issubclass(self.model, CTRModel):
+            cls = self.model
+        else:
+            raise TypeError(f"model must be a name or a CTRModel subclass, got {self.model!r}")
+        table = {
+            "mode": self.embeddings,
+            "n_buckets": self.n_buckets,
+            "min_count": self.min_count,
+            "max_rows": self.max_rows,
+            "seed": self.seed,
+        }
+        # Forking the global RNG keeps model construction reproducible without
+        # disturbing the user's own random stream.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            net = cls(
+                embedding_dim=self.embedding_dim,
+                hidden_units=tuple(self.hidden_units),
+                table=table,
+                **(self.model_params or {}),
+            )
+        if getattr(net, "embedding", None) is None or not isinstance(net.embedding, DynamicEmbedding):
+            raise TypeError(f"{cls.__name__} must keep its DynamicEmbedding in .embedding")
+        return net.to(self._device)
+
+    @property
+    def updater(self) -> Updater:
+        """The updater that applies the gradients (the ``optimizer`` object when one was given)."""
+        return self._updater
+
+    @property
+    def n_fields(self) -> int:
+        return len(self._encoder)
+
+    @property
+    def _multiclass(self) -> bool:
+        return False
+
+    @property
+    def _is_stochastic(self) -> bool:
+        return True
+
+    @classmethod
+    def _unit_test_params(cls):
+        for model in ("lr", "fm", "deepfm", "widedeep", "dcnv2"):
+            yield {"model": model, "hidden_units": (8,), "embedding_dim": 4, "n_buckets": 1024}
+
+    def _unit_test_skips(self):
+        return {
+            # One mean-gradient step per frame is not a sequence of per-row steps, exactly
+            # as for river's own gradient-descent linear models, which skip this check too.
+            "check_learn_many_matches_learn_one",
+        }
+
+    # ------------------------------------------------------------- encoding
+
+    def _lookup(self, keys: list[tuple], learn: bool, counts: Sequence[int] | None = None) -> list[int]:
+        table = self.model_.embedding
+        rows = table.lookup(keys, learn=learn, counts=counts)
+        if learn:
+            recycled = table.pop_recycled()
+            if recycled:
+                self._updater.reset_rows("embedding.weight", recycled)
+        return rows
+
+    def _tensors(self, events: list, learn: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, F]`` ids and values of parsed events (registering fields when learning)."""
+        enc = self._encoder
+        arranged = [enc.arrange(p, learn) for p in events]
+        if learn:
+            self.model_.add_fields(len(enc))
+        n_fields = self.model_.n_fields
+        flat_keys = [k for _, keys, _ in arranged for k in keys]
+        rows = self._lookup(flat_keys, learn) if flat_keys else []
+        ids = np.zeros((len(events), n_fields), dtype=np.int64)
+        vals = np.zeros((len(events), n_fields), dtype=np.float32)
+        i = 0
+        for b, (slots, keys, values) in enumerate(arranged):
+            n = len(slots)
+            ids[b, slots] = rows[i : i + n]
+            vals[b, slots] = values
+            i += n
+        return (
+            torch.from_numpy(ids).to(self._device),
+            torch.from_numpy(vals).to(self._device),
+        )
+
+    def _frame_tensors(self, X: pd.DataFrame, learn: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, F]`` ids and values of a frame; NaN and None in a frame mean missing."""
+        if not isinstance(X, pd.DataFrame):
+            raise TypeError(f"X must be a pandas DataFrame, got {type(X).__name__}")
+        columns = self._encoder.frame_columns(X, learn)
+        if learn:
+            self.model_.add_fields(len(self._encoder))
+        n = len(X)
+        n_fields = self.model_.n_fields
+        ids = np.zeros((n, n_fields), dtype=np.int64)
+        vals = np.zeros((n, n_fields), dtype=np.float32)
+        for slot, col, series in columns:
+            kind = series.dtype.kind
+            if kind in "iuf":
+                x = series.to_numpy(dtype=np.float64, na_value=np.nan)
+                if np.isinf(x).any():
+                    raise ValueError(f"feature {col!r} has infinite values; numeric features must be finite")
+                present = ~np.isnan(x)
+                if present.any():
+                    (row,) = self._lookup([(col, NUMERIC)], learn)
+                    ids[:, slot] = np.where(present, row, PADDING_ROW)
+                    vals[:, slot] = np.where(present, x, 0.0)
+                continue
+            codes, uniques = pd.factorize(series, use_na_sentinel=True)
+            keys, weights = [], []
+            for u in uniques:
+                ((_, key, value),) = parse_features({col: u.item() if hasattr(u, "item") else u}) or (
+                    (None, None, 0.0),
+                )
+                keys.append((col, key))
+                weights.append(value)
+            counts = np.bincount(codes[codes >= 0], minlength=len(uniques)).tolist()
+            rows = np.asarray(self._lookup(keys, learn, counts) if keys else [], dtype=np.int64)
+            weights_arr = np.asarray(weights, dtype=np.float32)
+            present = codes >= 0
+            safe = np.where(present, codes, 0)
+            if len(rows):
+                ids[:, slot] = np.where(present, rows[safe], PADDING_ROW)
+                vals[:, slot] = np.where(present, weights_arr[safe], 0.0)
+        return torch.from_numpy(ids).to(self._device), torch.from_numpy(vals).to(self._device)
+
+    # ------------------------------------------------------------- learning
+
+    def _step(self, ids: torch.Tensor, vals: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> None:
+        n_new = len(y)
+        ids, vals, y, w = self._updater.select(ids, vals, y, w)
+        net = self.model_
+        table = net.embedding
+        logits = net(ids, vals)
+        losses = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+        loss = (losses * w).sum() / len(y)
+        params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+        for _, p in params:
+            p.grad = None
+        loss.backward()
+        dense = [DenseGrad(n, p.data, p.grad) for n, p in params if p.grad is not None]
+        sparse = [SparseGrad("embedding.weight", table.weight, table.last_rows, table.last_leaf.grad)]
+        table.release()
+
+        grads = [d.grad for d in dense] + [s.grad for s in sparse]
+        if not bool(torch.isfinite(loss)) or not all(bool(torch.isfinite(g).all()) for g in grads):
+            self._reject("a non-finite loss or gradient")
+            return
+        scale = self.scheduler.multiplier() if self.scheduler is not None else 1.0
+        self._updater.step(dense, sparse, lr_scale=scale)
+        with torch.no_grad():
+            table.weight[PADDING_ROW] = 0
+        for _, p in params:
+            p.grad = None
+        if self.scheduler is not None:
+            # Only the newly arrived events (first in the batch) are out-of-sample.
+            self.scheduler.observe(losses[:n_new].detach().cpu().tolist(), self._updater)
+
+    def _reject(self, why: str) -> None:
+        self.n_rejected_ += 1
+        warnings.warn(f"CTRClassifier rejected a step: {why}; the weights were left unchanged", RuntimeWarning)
+
+    def _learn_events(self, events: list) -> None:
+        ids, vals = self._tensors([p for p, _, _ in events], learn=True)
+        y = torch.tensor([t for _, t, _ in events], dtype=torch.float32, device=self._device)
+        w = torch.tensor([s for _, _, s in events], dtype=torch.float32, device=self._device)
+        self._step(ids, vals, y, w)
+
+    def learn_one(self, x: dict, y: base.typing.ClfTarget, w: float = 1.0) -> None:
+        event = (parse_features(x), _label(y), _weight(w))
+        if self.batch_size == 1:
+            self._learn_events([event])
+            return
+        self._buffer.append(event)
+        if len(self._buffer) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Take a step on the events buffered by ``learn_one`` (no-op when empty)."""
+        if self._buffer:
+            events, self._buffer = self._buffer, []
+            self._learn_events(events)
+
+    def learn_many(self, X: pd.DataFrame, y: pd.Series, w: pd.Series | float = 1.0) -> None:
+        """One gradient step on the mean loss of the frame (buffered events are flushed first)."""
+        if len(X) != len(y):
+            raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
+        if not len(X):
+            return
+        labels = [_label(v) for v in (y.tolist() if hasattr(y, "tolist") else list(y))]
+        if isinstance(w, pd.Series):
+            if len(w) != len(X):
+                raise ValueError(f"X has {len(X)} rows but w has {len(w)}")
+            weights = [_weight(v) for v in w.tolist()]
+        else:
+            weights = [_weight(w)] * len(X)
+        self.flush()
+        ids, vals = self._frame_tensors(X, learn=True)
+        self._step(
+            ids,
+            vals,
+            torch.tensor(labels, dtype=torch.float32, device=self._device),
+            torch.tensor(weights, dtype=torch.float32, device=self._device),
+        )
+
+    # ----------------------------------------------------------- prediction
+
+    @torch.inference_mode()
+    def _proba(self, ids: torch.Tensor, vals: torch.Tensor) -> np.ndarray:
+        return torch.sigmoid(self.model_(ids, vals)).double().cpu().numpy()
+
+    def predict_proba_one(self, x: dict) -> dict[Hashable, float]:
+        ids, vals = self._tensors([parse_features(x)], learn=False)
+        p = float(self._proba(ids, vals)[0])
+        return {False: 1.0 - p, True: p}
+
+    def predict_proba_many(self, X: pd.DataFrame) -> pd.DataFrame:
+        ids, vals = self._frame_tensors(X, learn=False)
+        p = self._proba(ids, vals) if len(X) else np.zeros(0)
+        return pd.DataFrame({False: 1.0 - p, True: p}, index=X.index, columns=[False, True])
+
+    def predict_one(self, x: dict) -> bool:
+        return self.predict_proba_one(x)[True] > 0.5
+
+    def predict_many(self, X: pd.DataFrame) -> pd.Series:
+        return self.predict_proba_many(X)[True] > 0.5

@@ -1,0 +1,82 @@
+"""What every CTR model shares: an embedding table, a global bias and growable fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from river_torchrec.nn.embedding import DynamicEmbedding
+
+__all__ = ["CTRModel", "pad_parameter"]
+
+
+def pad_parameter(module: nn.Module, name: str, shape: tuple[int, ...]) -> None:
+    """Replace ``module.<name>`` by a zero-padded copy of the given (larger) shape.
+
+    New coordinates start at zero, so an output that ignored them before still does:
+    the model's function on old inputs is unchanged.
+    """
+    old = getattr(module, name)
+    new = torch.zeros(shape, dtype=old.dtype, device=old.device)
+    new[tuple(slice(0, s) for s in old.shape)] = old.detach()
+    setattr(module, name, nn.Parameter(new, requires_grad=old.requires_grad))
+
+
+class CTRModel(nn.Module):
+    """Base class of CTR models over a :class:`DynamicEmbedding`.
+
+    A batch is two ``[batch, n_fields]`` tensors: ``ids`` (table rows) and ``values``.
+    A categorical field has value 1 and the row of its value; a numeric field has its
+    own single row and the number as value, so the model sees ``value * row``: the FM
+    treatment that puts numeric and categorical inputs in one representation. An absent
+    field has value 0 and the padding row, so it contributes nothing.
+
+    Subclasses set ``uses_linear`` (column 0 of each row is then a first-order weight and
+    ``embedding_dim`` columns follow), implement :meth:`forward`, and grow any layer that
+    depends on the number of fields in :meth:`_grow_fields`.
+
+    Parameters
+    ----------
+    embedding_dim
+        Width of the factor part of each row.
+    table
+        Keyword arguments for :class:`DynamicEmbedding` (mode, n_buckets, min_count, ...).
+
+    """
+
+    uses_linear: bool = True
+
+    def __init__(self, embedding_dim: int = 8, table: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        width = embedding_dim + (1 if self.uses_linear else 0)
+        self.embedding = DynamicEmbedding(
+            max(width, 1), zero_cols=1 if self.uses_linear else 0, **(table or {})
+        )
+        self.bias = nn.Parameter(torch.zeros(()))
+        self.n_fields = 0
+
+    def add_fields(self, n_fields: int) -> None:
+        """Make room for ``n_fields`` fields in total; learned weights are kept."""
+        if n_fields > self.n_fields:
+            old, self.n_fields = self.n_fields, n_fields
+            self._grow_fields(old, n_fields)
+
+    def _grow_fields(self, old: int, new: int) -> None:
+        """Grow field-dependent layers from ``old`` to ``new`` fields (none by default)."""
+
+    def rows(self, ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """First-order terms ``[B, F]`` and scaled factors ``[B, F, k]`` of a batch."""
+        table = self.embedding(ids)
+        if self.uses_linear:
+            linear = table[..., 0] * values
+            factors = table[..., 1:] * values.unsqueeze(-1)
+        else:
+            linear = torch.zeros_like(values)
+            factors = table * values.unsqueeze(-1)
+        return linear, factors
+
+    def forward(self, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise TypeError(f"{type(self).__name__} must implement forward(ids, values) -> logits")

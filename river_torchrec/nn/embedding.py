@@ -1,0 +1,278 @@
+"""The embedding store behind every CTR model: collisionless and growing, or hashed."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Hashable, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from river_torchrec.nn.hashing import stable_hash64
+
+__all__ = ["DynamicEmbedding", "PADDING_ROW"]
+
+#: Row 0 is all zeros and never trained: absent fields and unknown values point at it,
+#: so they contribute nothing to any model.
+PADDING_ROW = 0
+
+Key = tuple[Hashable, Hashable]
+
+
+class DynamicEmbedding(nn.Module):
+    """A table of embedding rows addressed by ``(field, value)`` keys.
+
+    Parameters
+    ----------
+    dim
+        Width of a row.
+    mode
+        ``"dynamic"``: collisionless, as in Monolith. Each new key gets its own row; the
+        table grows by doubling its capacity, copying learned rows untouched.
+        ``"hash"``: a fixed table of ``n_buckets`` rows; a key's row is a stable 64-bit
+        hash of the key modulo ``n_buckets`` (the same in every process and after a restart).
+    n_buckets
+        Number of rows in ``"hash"`` mode.
+    min_count
+        ``"dynamic"`` mode: a categorical value shares its field's out-of-vocabulary row
+        until it has been seen ``min_count`` times while learning.
+    max_rows
+        ``"dynamic"`` mode: the most rows the table holds, besides the padding row. When a
+        new key needs a row and the table is full, the least recently learned key loses its
+        row, which is re-initialised for the newcomer. Out-of-vocabulary rows are pinned.
+    init_std
+        Standard deviation of the normal initialisation of new rows.
+    zero_cols
+        The first ``zero_cols`` columns of a new row start at zero: models keep first-order
+        (linear) weights there, which conventionally start at zero.
+    initial_capacity
+        Rows allocated up front in ``"dynamic"`` mode.
+    seed
+        Seed of the row initialisation; each growth draws from its own derived seed, so
+        the table is reproducible and stays picklable.
+    dtype
+        Storage type of the rows, e.g. ``torch.float16`` to halve memory.
+
+    Notes
+    -----
+    Looking a key up while learning allocates, counts and refreshes recency in O(1) per key
+    (a dict and an ``OrderedDict``), so the per-event cost does not grow with the table.
+    Looking up for prediction never changes the table.
+
+    While autograd is on, :meth:`forward` gathers the rows a batch uses into a small leaf
+    tensor and records it in ``last_rows``/``last_leaf``: after ``backward`` the updater
+    reads one gradient per touched row, and the full table never gets a dense gradient.
+
+    Examples
+    --------
+    >>> table = DynamicEmbedding(dim=4, seed=1)
+    >>> table.lookup([("user", "a"), ("user", "b"), ("user", "a")], learn=True)
+    [1, 2, 1]
+    >>> table.lookup([("user", "zzz")], learn=False)  # unseen: the padding row
+    [0]
+    >>> len(table)
+    2
+
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        mode: Literal["dynamic", "hash"] = "dynamic",
+        *,
+        n_buckets: int = 2**20,
+        min_count: int = 1,
+        max_rows: int | None = None,
+        init_std: float = 0.01,
+        zero_cols: int = 0,
+        initial_capacity: int = 1024,
+        seed: int = 42,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if mode not in ("dynamic", "hash"):
+            raise ValueError(f"mode must be 'dynamic' or 'hash', got {mode!r}")
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        if min_count < 1:
+            raise ValueError(f"min_count must be >= 1, got {min_count}")
+        if max_rows is not None and max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1 or None, got {max_rows}")
+        if mode == "hash" and n_buckets < 1:
+            raise ValueError(f"n_buckets must be >= 1, got {n_buckets}")
+        self.dim = dim
+        self.mode = mode
+        self.n_buckets = n_buckets
+        self.min_count = min_count
+        self.max_rows = max_rows
+        self.init_std = init_std
+        self.zero_cols = zero_cols
+        self.seed = seed
+
+        self._rows: collections.OrderedDict[Key, int] = collections.OrderedDict()
+        self._oov: dict[Hashable, int] = {}
+        self._pending: collections.OrderedDict[Key, int] = collections.OrderedDict()
+        self._recycled: list[int] = []
+        self._n_draws = 0
+        self._next_row = PADDING_ROW + 1
+        if mode == "hash":
+            capacity = n_buckets + 1
+        else:
+            capacity = max(2, initial_capacity)
+            if max_rows is not None:
+                capacity = min(capacity, max_rows + 1)
+        weight = torch.empty(capacity, dim, dtype=dtype, device=device)
+        self.register_buffer("weight", weight)
+        self._init_rows(torch.arange(capacity, device=weight.device))
+        self.weight[PADDING_ROW] = 0
+        self.last_rows: torch.Tensor | None = None
+        self.last_leaf: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ rows
+
+    def __len__(self) -> int:
+        """Rows in use, the padding row excluded."""
+        if self.mode == "hash":
+            return self.n_buckets
+        return self._next_row - 1
+
+    @property
+    def capacity(self) -> int:
+        return self.weight.shape[0]
+
+    def _draw(self, n: int) -> torch.Tensor:
+        # One derived seed per draw keeps the table reproducible without holding a
+        # torch.Generator, which cannot be pickled.
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self._n_draws)
+        self._n_draws += 1
+        fresh = torch.randn(n, self.dim, generator=gen) * self.init_std
+        if self.zero_cols:
+            fresh[:, : self.zero_cols] = 0
+        return fresh
+
+    def _init_rows(self, rows: torch.Tensor) -> None:
+        with torch.no_grad():
+            fresh = self._draw(len(rows))
+            self.weight[rows] = fresh.to(device=self.weight.device, dtype=self.weight.dtype)
+
+    def _grow(self) -> None:
+        old = self.capacity
+        new = old * 2
+        if self.max_rows is not None:
+            new = min(new, self.max_rows + 1)
+        weight = torch.empty(new, self.dim, dtype=self.weight.dtype, device=self.weight.device)
+        weight[:old] = self.weight
+        self.weight = weight
+        self._init_rows(torch.arange(old, new, device=weight.device))
+
+    def _new_row(self) -> int:
+        """A free row: the next unused one, or the least recently used one when full."""
+        if self.max_rows is not None and self._next_row > self.max_rows:
+            if not self._rows:
+                return PADDING_ROW
+            _, row = self._rows.popitem(last=False)
+            self._recycled.append(row)
+            return row
+        if self._next_row >= self.capacity:
+            self._grow()
+        row = self._next_row
+        self._next_row += 1
+        return row
+
+    def _oov_row(self, field: Hashable) -> int:
+        row = self._oov.get(field)
+        if row is None:
+            row = self._new_row()
+            self._oov[field] = row
+        return row
+
+    def lookup(
+        self, keys: Sequence[Key], learn: bool, counts: Sequence[int] | None = None
+    ) -> list[int]:
+        """Map ``(field, value)`` keys to row indices.
+
+        Parameters
+        ----------
+        keys
+            ``(field, value)`` pairs; ``value`` is ``None`` for a numeric field's single row.
+        learn
+            If True, unseen keys get rows (subject to ``min_count`` and ``max_rows``) and the
+            recency of seen keys is refreshed. If False, nothing changes: unseen keys map to
+            their field's out-of-vocabulary row when it exists, else to the padding row.
+        counts
+            How many times each key occurs (for ``min_count``), when ``keys`` are the
+            distinct keys of a batch; one each by default.
+
+        """
+        if self.mode == "hash":
+            n = self.n_buckets
+            return [1 + stable_hash64(f, v) % n for f, v in keys]
+
+        rows = self._rows
+        if not learn:
+            oov = self._oov
+            return [rows.get(k) or oov.get(k[0], PADDING_ROW) for k in keys]
+
+        out = []
+        track_recency = self.max_rows is not None
+        for i, key in enumerate(keys):
+            row = rows.get(key)
+            if row is not None:
+                if track_recency:
+                    rows.move_to_end(key)
+            elif (
+                self.min_count > 1
+                and key[1] is not None
+                and not self._admit(key, 1 if counts is None else counts[i])
+            ):
+                row = self._oov_row(key[0])
+            else:
+                row = self._new_row()
+                if row != PADDING_ROW:
+                    rows[key] = row
+            out.append(row)
+        if self._recycled:
+            self._init_rows(torch.tensor(self._recycled, device=self.weight.device))
+        return out
+
+    def _admit(self, key: Key, n: int) -> bool:
+        count = self._pending.get(key, 0) + n
+        if count >= self.min_count:
+            self._pending.pop(key, None)
+            return True
+        self._pending[key] = count
+        self._pending.move_to_end(key)
+        # The counts of not-yet-admitted values are bounded like the rows themselves.
+        if self.max_rows is not None and len(self._pending) > self.max_rows:
+            self._pending.popitem(last=False)
+        return False
+
+    def pop_recycled(self) -> list[int]:
+        """Rows re-assigned to new keys since the last call; updaters reset their state."""
+        recycled, self._recycled = self._recycled, []
+        return recycled
+
+    def key_to_row(self) -> dict[Key, int]:
+        """A copy of the vocabulary (``"dynamic"`` mode)."""
+        return dict(self._rows)
+
+    # --------------------------------------------------------------- forward
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Gather rows: ``[...]`` long ids -> ``[..., dim]`` float rows."""
+        if not torch.is_grad_enabled():
+            return self.weight[ids].float()
+        rows, inverse = torch.unique(ids, return_inverse=True)
+        leaf = self.weight[rows].float().requires_grad_()
+        self.last_rows, self.last_leaf = rows, leaf
+        return leaf[inverse]
+
+    def release(self) -> None:
+        """Forget the rows of the last forward pass (keeps pickles small and clean)."""
+        self.last_rows = self.last_leaf = None
+
+    def extra_repr(self) -> str:
+        extra = f", n_buckets={self.n_buckets}" if self.mode == "hash" else f", rows={len(self)}"
+        return f"dim={self.dim}, mode={self.mode!r}{extra}"

@@ -1,0 +1,72 @@
+"""A plain ReLU multilayer perceptron whose input can widen as fields appear."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import math
+import warnings
+
+import torch
+from torch import nn
+
+__all__ = ["MLP"]
+
+
+class MLP(nn.Module):
+    """``Linear -> ReLU`` blocks ending in a linear layer of width ``out_features``.
+
+    Parameters
+    ----------
+    in_features
+        Input width (may be 0: the first layer then sees nothing until :meth:`widen`).
+    hidden_units
+        Width of each hidden layer.
+    out_features
+        Width of the output layer (0 means the last hidden layer is the output).
+    seed
+        Seed of the initialisation of input columns added by :meth:`widen`.
+
+    """
+
+    def __init__(
+        self, in_features: int, hidden_units: Sequence[int], out_features: int = 1, seed: int = 0
+    ) -> None:
+        super().__init__()
+        self.seed = seed
+        widths = [in_features, *hidden_units]
+        layers: list[nn.Module] = []
+        with warnings.catch_warnings():
+            # A first layer with no inputs yet is expected: fields arrive with the stream.
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            for a, b in zip(widths[:-1], widths[1:]):
+                layers += [nn.Linear(a, b), nn.ReLU()]
+            if out_features:
+                layers.append(nn.Linear(widths[-1], out_features))
+        self.layers = nn.Sequential(*layers)
+        self.out_width = out_features or widths[-1]
+
+    @property
+    def in_features(self) -> int:
+        return self.layers[0].in_features
+
+    def widen(self, in_features: int) -> None:
+        """Add input columns to the first layer, initialised like ``nn.Linear``.
+
+        An absent field feeds zeros, so the new columns leave every output on the old
+        inputs unchanged; random (not zero) columns let the new field's embedding
+        receive gradient from the first step.
+        """
+        first = self.layers[0]
+        old = first.in_features
+        if in_features <= old:
+            return
+        bound = 1.0 / math.sqrt(in_features)
+        gen = torch.Generator().manual_seed(self.seed * 7919 + in_features)
+        new_cols = (torch.rand(first.out_features, in_features - old, generator=gen) * 2 - 1) * bound
+        weight = torch.cat([first.weight.detach(), new_cols.to(first.weight)], dim=1)
+        first.weight = nn.Parameter(weight)
+        first.in_features = in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)

@@ -1,0 +1,176 @@
+"""The updater protocol: dense parameters get a full step, embedding tables only touched rows."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from river import base
+
+__all__ = ["Updater", "DenseGrad", "SparseGrad"]
+
+
+@dataclass
+class DenseGrad:
+    """A dense parameter and its gradient; ``name`` is stable while the tensor may be replaced."""
+
+    name: str
+    param: torch.Tensor
+    grad: torch.Tensor
+
+
+@dataclass
+class SparseGrad:
+    """Gradients of the ``rows`` (unique, sorted) of an embedding ``table`` called ``name``."""
+
+    name: str
+    table: torch.Tensor
+    rows: torch.Tensor
+    grad: torch.Tensor
+
+
+def _fit(state: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Zero-pad ``state`` at the end of each dimension to ``shape``.
+
+    Tables grow by appending rows and first layers by appending input columns, so the
+    state of every existing coordinate keeps its index.
+    """
+    if state.shape == shape:
+        return state
+    fitted = torch.zeros(shape, dtype=state.dtype, device=state.device)
+    fitted[tuple(slice(0, min(a, b)) for a, b in zip(state.shape, shape))] = state[
+        tuple(slice(0, min(a, b)) for a, b in zip(state.shape, shape))
+    ]
+    return fitted
+
+
+class Updater(base.Base, abc.ABC):
+    """Base class of updaters.
+
+    An updater is a river-style object (``clone()``-able, picklable) holding its
+    hyper-parameters and per-coordinate state. :class:`~river_torchrec.CTRClassifier`
+    calls :meth:`step` once per learning step with the dense gradients and, for each
+    embedding table, the gradients of the rows the batch touched, so the cost of a step
+    depends on the batch, not on the size of the tables.
+
+    Parameters
+    ----------
+    lr
+        Base learning rate (a scheduler multiplies it).
+    clip_norm
+        If set, gradients are rescaled so their joint L2 norm (dense and sparse together)
+        is at most ``clip_norm``.
+
+    """
+
+    def __init__(self, lr: float, clip_norm: float | None = None) -> None:
+        self.lr = lr
+        self.clip_norm = clip_norm
+        self.n_steps = 0
+        self._state: dict[str, dict[str, torch.Tensor]] = {}
+
+    # ----------------------------------------------------------------- state
+
+    def _buffer(self, name: str, key: str, like: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """Per-coordinate state ``key`` of parameter ``name``, shaped and placed like ``like``."""
+        slots = self._state.setdefault(name, {})
+        buf = slots.get(key)
+        if buf is None:
+            buf = torch.full_like(like, fill, dtype=torch.float32)
+        elif buf.shape != like.shape or buf.device != like.device:
+            buf = _fit(buf.to(like.device), like.shape)
+        slots[key] = buf
+        return buf
+
+    def _row_buffer(self, name: str, key: str, table: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """Per-row state (one value per embedding row) of table ``name``."""
+        slots = self._state.setdefault(name, {})
+        buf = slots.get(key)
+        n = table.shape[0]
+        if buf is None:
+            buf = torch.full((n,), fill, dtype=torch.float32, device=table.device)
+        elif buf.shape[0] != n or buf.device != table.device:
+            buf = _fit(buf.to(table.device), torch.Size((n,)))
+        slots[key] = buf
+        return buf
+
+    def reset_rows(self, name: str, rows: Sequence[int]) -> None:
+        """Forget the state of ``rows`` of table ``name`` (they were given to new keys)."""
+        slots = self._state.get(name)
+        if not slots or not len(rows):
+            return
+        for buf in slots.values():
+            idx = torch.as_tensor(rows, device=buf.device)
+            idx = idx[idx < buf.shape[0]]
+            buf[idx] = 0
+
+    def reset_state(self) -> None:
+        """Forget all moments and accumulators, e.g. after a drift."""
+        self._state.clear()
+
+    def state_dict(self) -> dict[str, torch.Tensor | int | float]:
+        """Flat ``{"<param>/<slot>": tensor}`` state plus ``"n_steps"``; safetensors-friendly."""
+        out: dict[str, torch.Tensor | int | float] = {"n_steps": self.n_steps}
+        for name, slots in self._state.items():
+            for key, buf in slots.items():
+                out[f"{name}/{key}"] = buf
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor | int | float]) -> None:
+        self._state = {}
+        self.n_steps = int(state.get("n_steps", 0))
+        for full, buf in state.items():
+            if full == "n_steps":
+                continue
+            name, key = full.rsplit("/", 1)
+            self._state.setdefault(name, {})[key] = torch.as_tensor(buf).clone()
+
+    # ------------------------------------------------------------------ step
+
+    def select(
+        self, ids: torch.Tensor, values: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch a step learns from, given the newly arrived events (these by default).
+
+        :class:`~river_torchrec.optim.OSGD` overrides it to mix the new events with a
+        random draw of recent ones.
+        """
+        return ids, values, y, w
+
+    def _clip(self, dense: Sequence[DenseGrad], sparse: Sequence[SparseGrad]) -> None:
+        grads = [d.grad for d in dense] + [s.grad for s in sparse]
+        if not grads:
+            return
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        scale = torch.clamp(self.clip_norm / (norm + 1e-12), max=1.0)
+        for g in grads:
+            g.mul_(scale)
+
+    @torch.no_grad()
+    def step(
+        self, dense: Sequence[DenseGrad], sparse: Sequence[SparseGrad], lr_scale: float = 1.0
+    ) -> None:
+        """Apply one update. ``lr_scale`` is the scheduler's multiplier of ``lr``."""
+        if self.clip_norm is not None:
+            self._clip(dense, sparse)
+        self.n_steps += 1
+        lr = self.lr * lr_scale
+        for d in dense:
+            self._dense_step(d.name, d.param, d.grad, lr)
+        for s in sparse:
+            self._sparse_step(s.name, s.table, s.rows, s.grad, lr)
+
+    @abc.abstractmethod
+    def _dense_step(self, name: str, param: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+        """Update every coordinate of ``param`` in place."""
+
+    @abc.abstractmethod
+    def _sparse_step(
+        self, name: str, table: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, lr: float
+    ) -> None:
+        """Update ``table[rows]`` in place; leave every other row and its state alone."""
+
+    def _unit_test_params(self):  # pragma: no cover - overridden where useful
+        yield {}
