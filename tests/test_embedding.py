@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from river_torchrec.nn import PADDING_ROW, DynamicEmbedding, stable_hash64
+
+
+def test_new_keys_get_distinct_rows_and_growth_keeps_learned_rows():
+    table = DynamicEmbedding(dim=3, initial_capacity=4, seed=0)
+    rows = table.lookup([("f", i) for i in range(3)], learn=True)
+    assert rows == [1, 2, 3]
+    with torch.no_grad():
+        table.weight[1:4] = torch.arange(9.0).view(3, 3)
+    rows = table.lookup([("f", i) for i in range(3, 40)], learn=True)
+    assert rows == list(range(4, 41))
+    assert table.capacity == 64  # 4 -> 8 -> 16 -> 32 -> 64
+    assert torch.equal(table.weight[1:4], torch.arange(9.0).view(3, 3))
+    assert torch.equal(table.weight[PADDING_ROW], torch.zeros(3))
+    assert len(table) == 40
+
+
+def test_prediction_lookup_changes_nothing():
+    table = DynamicEmbedding(dim=2, min_count=2, max_rows=3)
+    table.lookup([("f", "a"), ("f", "b")], learn=True)
+    before = pickle.dumps(table)
+    assert table.lookup([("f", "zzz"), ("g", "a")], learn=False) == [table._oov["f"], PADDING_ROW]
+    assert pickle.dumps(table) == before
+
+
+def test_min_count_keeps_rare_values_on_the_field_oov_row():
+    table = DynamicEmbedding(dim=2, min_count=3)
+    first = table.lookup([("f", "a")], learn=True)
+    second = table.lookup([("f", "a"), ("f", "b")], learn=True)
+    oov = table._oov["f"]
+    assert first == [oov] and second == [oov, oov]
+    third = table.lookup([("f", "a")], learn=True)
+    assert third[0] != oov
+    assert table.lookup([("f", "a")], learn=False) == third
+    # Numeric rows are never held back.
+    assert table.lookup([("x", None)], learn=True)[0] != table._oov.get("x")
+
+
+def test_min_count_counts_batched_occurrences():
+    table = DynamicEmbedding(dim=2, min_count=3)
+    rows = table.lookup([("f", "a"), ("f", "b")], learn=True, counts=[3, 2])
+    assert rows[0] != table._oov["f"] and rows[1] == table._oov["f"]
+
+
+def test_max_rows_evicts_least_recently_used_and_never_exceeds_the_bound():
+    table = DynamicEmbedding(dim=2, max_rows=3, initial_capacity=2)
+    a, b, c = table.lookup([("f", "a"), ("f", "b"), ("f", "c")], learn=True)
+    table.lookup([("f", "a")], learn=True)  # "b" is now the least recently used
+    (d,) = table.lookup([("f", "d")], learn=True)
+    assert d == b
+    assert table.pop_recycled() == [b]
+    assert table.lookup([("f", "b")], learn=False) == [PADDING_ROW]
+    assert table.lookup([("f", "a"), ("f", "c")], learn=False) == [a, c]
+    for i in range(1000):
+        table.lookup([("g", i)], learn=True)
+        assert len(table) <= 3
+        assert table.capacity <= 3 + 1
+
+
+def test_hash_mode_is_fixed_and_stable():
+    table = DynamicEmbedding(dim=2, mode="hash", n_buckets=100)
+    rows = table.lookup([("user", "u1"), ("user", "u1"), ("item", "u1")], learn=True)
+    assert rows[0] == rows[1] == 1 + stable_hash64("user", "u1") % 100
+    assert all(1 <= r <= 100 for r in rows)
+    assert table.capacity == 101
+
+
+def test_stable_hash_is_the_same_in_another_process_with_another_hash_seed():
+    code = (
+        "from river_torchrec.nn import stable_hash64;"
+        "print(stable_hash64('user_id', 'u42'), stable_hash64('price', None), stable_hash64(3, True))"
+    )
+    outs = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+    assert len(outs) == 1
+    here = f"{stable_hash64('user_id', 'u42')} {stable_hash64('price', None)} {stable_hash64(3, True)}\n"
+    assert outs == {here}
+
+
+def test_forward_records_touched_rows_for_sparse_updates():
+    table = DynamicEmbedding(dim=2)
+    rows = table.lookup([("f", "a"), ("f", "b")], learn=True)
+    ids = torch.tensor([[rows[1], rows[0]], [rows[1], PADDING_ROW]])
+    out = table(ids)
+    out.sum().backward()
+    assert table.last_rows.tolist() == [0, 1, 2]
+    assert table.last_leaf.grad.tolist() == [[1.0, 1.0], [1.0, 1.0], [2.0, 2.0]]
+    with torch.no_grad():
+        assert torch.equal(table(ids), out.detach())
+
+
+@pytest.mark.parametrize("kwargs", [{"dim": 0}, {"dim": 2, "mode": "bloom"}, {"dim": 2, "min_count": 0}])
+def test_bad_arguments_are_rejected(kwargs):
+    with pytest.raises(ValueError):
+        DynamicEmbedding(**kwargs)
