@@ -90,6 +90,11 @@ class CTRClassifier(base.MiniBatchClassifier):
         Seed of the weight initialisation.
     model_params
         Extra keyword arguments of the model class (e.g. ``{"n_cross_layers": 3}``).
+    numeric
+        ``"log"``: a numeric value ``v`` enters the model as ``sign(v) * log(1 + |v|)``,
+        which leaves small values nearly as they are and keeps raw counts, prices and
+        outliers from blowing up the logits (click logs are full of them). ``"raw"``: as
+        given, for inputs already scaled (e.g. by ``preprocessing.StandardScaler``).
 
     Attributes
     ----------
@@ -126,6 +131,7 @@ class CTRClassifier(base.MiniBatchClassifier):
         device: str = "cpu",
         seed: int = 42,
         model_params: dict | None = None,
+        numeric: str = "log",
     ) -> None:
         self.model = model
         self.embedding_dim = embedding_dim
@@ -141,9 +147,13 @@ class CTRClassifier(base.MiniBatchClassifier):
         self.device = device
         self.seed = seed
         self.model_params = model_params
+        self.numeric = numeric
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if numeric not in ("log", "raw"):
+            raise ValueError(f"numeric must be 'log' or 'raw', got {numeric!r}")
+        self._log_numeric = numeric == "log"
         if embeddings not in ("dynamic", "hash"):
             raise ValueError(f"embeddings must be 'dynamic' or 'hash', got {embeddings!r}")
         self._device = resolve_device(device)
@@ -268,6 +278,8 @@ class CTRClassifier(base.MiniBatchClassifier):
                 if np.isinf(x).any():
                     raise ValueError(f"feature {col!r} has infinite values; numeric features must be finite")
                 present = ~np.isnan(x)
+                if self._log_numeric:
+                    x = np.sign(x) * np.log1p(np.abs(x))
                 if present.any():
                     (row,) = self._lookup([(col, NUMERIC)], learn)
                     ids[:, slot] = np.where(present, row, PADDING_ROW)
@@ -276,7 +288,7 @@ class CTRClassifier(base.MiniBatchClassifier):
             codes, uniques = pd.factorize(series, use_na_sentinel=True)
             keys, weights = [], []
             for u in uniques:
-                ((_, key, value),) = parse_features({col: u.item() if hasattr(u, "item") else u}) or (
+                ((_, key, value),) = parse_features({col: u.item() if hasattr(u, "item") else u}, self._log_numeric) or (
                     (None, None, 0.0),
                 )
                 keys.append((col, key))
@@ -334,7 +346,7 @@ class CTRClassifier(base.MiniBatchClassifier):
         self._step(ids, vals, y, w)
 
     def learn_one(self, x: dict, y: base.typing.ClfTarget, w: float = 1.0) -> None:
-        event = (parse_features(x), _label(y), _weight(w))
+        event = (parse_features(x, self._log_numeric), _label(y), _weight(w))
         if self.batch_size == 1:
             self._learn_events([event])
             return
@@ -377,7 +389,7 @@ class CTRClassifier(base.MiniBatchClassifier):
         return torch.sigmoid(self.model_(ids, vals)).double().cpu().numpy()
 
     def predict_proba_one(self, x: dict) -> dict[Hashable, float]:
-        ids, vals = self._tensors([parse_features(x)], learn=False)
+        ids, vals = self._tensors([parse_features(x, self._log_numeric)], learn=False)
         p = float(self._proba(ids, vals)[0])
         return {False: 1.0 - p, True: p}
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["FieldEncoder", "parse_features", "NUMERIC"]
+__all__ = ["FieldEncoder", "parse_features", "signed_log1p", "NUMERIC"]
 
 #: The value part of a numeric field's key: a numeric field has one row, scaled by its value.
 NUMERIC = None
@@ -22,13 +22,19 @@ def _is_categorical(v: Any) -> bool:
     return isinstance(v, (str, bool, np.bool_))
 
 
-def parse_features(x: dict) -> Parsed:
+def signed_log1p(v: float) -> float:
+    """``sign(v) * log(1 + |v|)``: keeps small values, tames counts and outliers (1e6 -> 13.8)."""
+    return math.copysign(math.log1p(abs(v)), v)
+
+
+def parse_features(x: dict, log_numeric: bool = False) -> Parsed:
     """Validate an event and return ``(field, value_key, value)`` triples.
 
     ``None`` is missing and left out. ``str`` and ``bool`` are categorical (value 1, key
     the value itself); ``int`` and ``float`` (numpy scalars included) are numeric (key
-    :data:`NUMERIC`, value the number). Anything else, NaN or infinity raises an error
-    that names the field; nothing has been changed when it does.
+    :data:`NUMERIC`, value the number, passed through :func:`signed_log1p` when
+    ``log_numeric``). Anything else, NaN or infinity raises an error that names the
+    field; nothing has been changed when it does.
     """
     if not isinstance(x, dict):
         raise TypeError(f"features must be a dict, got {type(x).__name__}")
@@ -40,7 +46,7 @@ def parse_features(x: dict) -> Parsed:
         elif t is float or t is int:
             if not math.isfinite(v):
                 raise ValueError(f"feature {field!r} is {v!r}; numeric features must be finite")
-            out.append((field, NUMERIC, float(v)))
+            out.append((field, NUMERIC, signed_log1p(v) if log_numeric else float(v)))
         elif v is None:
             continue
         elif t is bool or isinstance(v, np.bool_):
@@ -51,7 +57,7 @@ def parse_features(x: dict) -> Parsed:
             f = float(v)
             if not math.isfinite(f):
                 raise ValueError(f"feature {field!r} is {v!r}; numeric features must be finite")
-            out.append((field, NUMERIC, f))
+            out.append((field, NUMERIC, signed_log1p(f) if log_numeric else f))
         else:
             raise TypeError(
                 f"feature {field!r} has a value of type {t.__name__} ({v!r:.50}); expected str or "
