@@ -264,7 +264,7 @@ def test_empty_dict_predicts_the_prior_and_learns_the_bias():
 
 
 def test_numeric_field_is_one_row_scaled_by_its_value():
-    clf = CTRClassifier(model="lr", optimizer="sgd", lr=0.1)
+    clf = CTRClassifier(model="lr", optimizer="sgd", lr=0.1, numeric="raw")
     clf.learn_one({"price": 2.0}, True)
     # grad of the price weight = (p - y) * 2 = -1, of the bias = -0.5.
     w = clf.model_.embedding.weight[clf.model_.embedding.lookup([("price", None)], learn=False)[0], 0]
@@ -316,3 +316,19 @@ def test_auto_device_falls_back_to_what_exists():
     clf = CTRClassifier(device="auto")
     expected = "cuda" if torch.cuda.is_available() else clf._device.type
     assert clf._device.type == expected
+
+
+def test_numeric_log_transform_is_signed_log1p():
+    raw = CTRClassifier(model="lr", optimizer="sgd", lr=0.1, numeric="raw")
+    logged = CTRClassifier(model="lr", optimizer="sgd", lr=0.1)
+    v = 1e6
+    raw.learn_one({"count": math.copysign(math.log1p(v), -1)}, True)
+    logged.learn_one({"count": -v}, True)
+    for x in ({"count": 3.0}, {"count": -12.5}):
+        expected = raw.predict_proba_one({"count": math.copysign(math.log1p(abs(x["count"])), x["count"])})
+        assert logged.predict_proba_one(x)[True] == pytest.approx(expected[True], abs=1e-7)
+    frame = pd.DataFrame({"count": [3.0, -12.5, None]})
+    many = logged.predict_proba_many(frame)[True].tolist()
+    assert many[:2] == pytest.approx([logged.predict_proba_one({"count": 3.0})[True],
+                                      logged.predict_proba_one({"count": -12.5})[True]], abs=1e-7)
+    assert many[2] == pytest.approx(logged.predict_proba_one({})[True], abs=1e-7)
