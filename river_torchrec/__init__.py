@@ -1,10 +1,31 @@
-"""Online CTR and recommendation models in PyTorch that learn from every event."""
+"""Online CTR and recommendation models in PyTorch that learn from every event.
+
+Subpackages and the estimator are imported lazily, so ``river_torchrec.features`` and
+``river_torchrec.datasets`` can be used without importing torch.
+"""
 
 from __future__ import annotations
 
-from river_torchrec import nn, optim
-from river_torchrec.classifier import CTRClassifier
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["CTRClassifier", "nn", "optim", "__version__"]
+__all__ = ["CTRClassifier", "compat", "datasets", "distributed", "features", "nn", "optim", "__version__"]
+
+if TYPE_CHECKING:
+    from river_torchrec.classifier import CTRClassifier
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CTRClassifier":
+        from river_torchrec.classifier import CTRClassifier
+
+        return CTRClassifier
+    if name in {"compat", "datasets", "distributed", "features", "nn", "optim"}:
+        return importlib.import_module(f"river_torchrec.{name}")
+    raise AttributeError(f"module 'river_torchrec' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
