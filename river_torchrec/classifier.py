@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,27 @@ def resolve_device(device: str | torch.device) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(device)
+
+
+class _Memo:
+    """The forward pass of the last ``predict_proba_one``, which ``learn_one`` may reuse.
+
+    Progressive validation predicts an event and then learns it: when nothing has changed in
+    between, the learning step starts from the prediction's activations instead of running
+    the forward pass again. Prediction stays pure, as the memo never alters an output; it is
+    never pickled or copied.
+    """
+
+    __slots__ = ("entry",)
+
+    def __init__(self) -> None:
+        self.entry: tuple | None = None
+
+    def __reduce__(self) -> tuple:
+        return (_Memo, ())
+
+    def __deepcopy__(self, memo: dict) -> _Memo:
+        return _Memo()
 
 
 def _label(y: Any) -> float:
@@ -115,6 +136,13 @@ class CTRClassifier(base.MiniBatchClassifier):
 
     """
 
+    #: Called by each training step between ``backward`` and the update as
+    #: ``hook(dense, sparse, loss, n_events) -> (dense, sparse, loss)``. None (the class
+    #: default, so a plain classifier pays one attribute test) except while
+    #: :mod:`river_torchrec.distributed` sets it on an instance to merge every worker's
+    #: gradients into the step of the global batch.
+    _grad_hook: Callable | None = None
+
     def __init__(
         self,
         model: str | type[CTRModel] = "deepfm",
@@ -162,6 +190,9 @@ class CTRClassifier(base.MiniBatchClassifier):
         self._buffer: list[tuple[Any, float, float]] = []
         self.n_rejected_ = 0
         self.model_ = self._build_model()
+        self._version = 0  # bumped by every step: a memoised forward pass is stale after it
+        self._rows_recycled = False
+        self._memo = _Memo()
 
     # ------------------------------------------------------------- building
 
@@ -234,6 +265,7 @@ class CTRClassifier(base.MiniBatchClassifier):
         rows = table.lookup(keys, learn=learn, counts=counts)
         if learn:
             recycled = table.pop_recycled()
+            self._rows_recycled = bool(recycled)
             if recycled:
                 self._updater.reset_rows("embedding.weight", recycled)
         return rows
@@ -305,21 +337,27 @@ class CTRClassifier(base.MiniBatchClassifier):
 
     # ------------------------------------------------------------- learning
 
-    def _step(self, ids: torch.Tensor, vals: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> None:
+    def _step(
+        self,
+        ids: torch.Tensor,
+        vals: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor,
+        forward: tuple[torch.Tensor, dict] | None = None,
+    ) -> None:
         n_new = len(y)
-        ids, vals, y, w = self._updater.select(ids, vals, y, w)
+        selected = self._updater.select(ids, vals, y, w)
+        if selected[0] is not ids:
+            forward = None
+        ids, vals, y, w = selected
+        self._version += 1
         net = self.model_
         table = net.embedding
-        logits = net(ids, vals)
-        losses = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-        loss = (losses * w).sum() / len(y)
         params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
-        for _, p in params:
-            p.grad = None
-        loss.backward()
-        dense = [DenseGrad(n, p.data, p.grad) for n, p in params if p.grad is not None]
-        sparse = [SparseGrad("embedding.weight", table.weight, table.last_rows, table.last_leaf.grad)]
-        table.release()
+        losses, loss, dense, sparse = self._gradients(ids, vals, y, w, params, forward)
+        if self._grad_hook is not None:
+            # Before the finiteness test, so that every worker accepts or rejects the same step.
+            dense, sparse, loss = self._grad_hook(dense, sparse, loss, len(y))
 
         grads = [d.grad for d in dense] + [s.grad for s in sparse]
         if not bool(torch.isfinite(loss)) or not all(bool(torch.isfinite(g).all()) for g in grads):
@@ -335,6 +373,43 @@ class CTRClassifier(base.MiniBatchClassifier):
             # Only the newly arrived events (first in the batch) are out-of-sample.
             self.scheduler.observe(losses[:n_new].detach().cpu().tolist(), self._updater)
 
+    def _gradients(
+        self,
+        ids: torch.Tensor,
+        vals: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor,
+        params: list[tuple[str, torch.nn.Parameter]],
+        forward: tuple[torch.Tensor, dict] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[DenseGrad], list[SparseGrad]]:
+        """Per-event losses, the mean weighted loss, and its dense and touched-row gradients.
+
+        ``forward`` is a memoised ``forward_cached`` result for exactly these inputs and weights.
+        """
+        net = self.model_
+        table = net.embedding
+        n = len(y)
+        if net.supports_manual_grad:
+            # Hand-written gradients (tested against autograd): for a one-event step the
+            # autograd graph costs more than the arithmetic.
+            with torch.no_grad():
+                logits, cache = forward if forward is not None else net.forward_cached(ids, vals)
+                losses = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+                loss = (losses * w).sum() / n
+                grads, rows, row_grads = net.backward_cached(cache, (torch.sigmoid(logits) - y) * w / n)
+            dense = [DenseGrad(name, p.data, grads[name]) for name, p in params]
+            return losses, loss, dense, [SparseGrad("embedding.weight", table.weight, rows, row_grads)]
+        logits = net(ids, vals)
+        losses = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+        loss = (losses * w).sum() / n
+        for _, p in params:
+            p.grad = None
+        loss.backward()
+        dense = [DenseGrad(name, p.data, p.grad) for name, p in params if p.grad is not None]
+        sparse = [SparseGrad("embedding.weight", table.weight, table.last_rows, table.last_leaf.grad)]
+        table.release()
+        return losses.detach(), loss.detach(), dense, sparse
+
     def _reject(self, why: str) -> None:
         self.n_rejected_ += 1
         warnings.warn(f"CTRClassifier rejected a step: {why}; the weights were left unchanged", RuntimeWarning)
@@ -343,7 +418,19 @@ class CTRClassifier(base.MiniBatchClassifier):
         ids, vals = self._tensors([p for p, _, _ in events], learn=True)
         y = torch.tensor([t for _, t, _ in events], dtype=torch.float32, device=self._device)
         w = torch.tensor([s for _, _, s in events], dtype=torch.float32, device=self._device)
-        self._step(ids, vals, y, w)
+        self._step(ids, vals, y, w, self._memoised_forward(ids, vals))
+
+    def _memoised_forward(self, ids: torch.Tensor, vals: torch.Tensor) -> tuple | None:
+        """The last prediction's forward pass if it was made on these inputs with these weights."""
+        entry, self._memo.entry = self._memo.entry, None
+        if entry is None or self._rows_recycled:
+            return None
+        version, m_ids, m_vals, forward = entry
+        if version != self._version or m_ids.shape != ids.shape:
+            return None
+        if not (torch.equal(m_ids, ids) and torch.equal(m_vals, vals)):
+            return None
+        return forward
 
     def learn_one(self, x: dict, y: base.typing.ClfTarget, w: float = 1.0) -> None:
         event = (parse_features(x, self._log_numeric), _label(y), _weight(w))
@@ -390,7 +477,14 @@ class CTRClassifier(base.MiniBatchClassifier):
 
     def predict_proba_one(self, x: dict) -> dict[Hashable, float]:
         ids, vals = self._tensors([parse_features(x, self._log_numeric)], learn=False)
-        p = float(self._proba(ids, vals)[0])
+        net = self.model_
+        if net.supports_manual_grad:
+            with torch.no_grad():
+                logits, cache = net.forward_cached(ids, vals)
+            self._memo.entry = (self._version, ids, vals, (logits, cache))
+            p = float(torch.sigmoid(logits)[0])
+        else:
+            p = float(self._proba(ids, vals)[0])
         return {False: 1.0 - p, True: p}
 
     def predict_proba_many(self, X: pd.DataFrame) -> pd.DataFrame:

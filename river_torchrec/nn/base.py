@@ -37,6 +37,11 @@ class CTRModel(nn.Module):
     ``embedding_dim`` columns follow), implement :meth:`forward`, and grow any layer that
     depends on the number of fields in :meth:`_grow_fields`.
 
+    A model may also implement the manual-gradient pair :meth:`forward_cached` /
+    :meth:`backward_cached` (and set ``supports_manual_grad``): the estimator then skips
+    autograd, whose bookkeeping dominates the cost of a one-event step. The built-in models
+    do, and their hand-written gradients are tested against autograd.
+
     Parameters
     ----------
     embedding_dim
@@ -47,6 +52,7 @@ class CTRModel(nn.Module):
     """
 
     uses_linear: bool = True
+    supports_manual_grad: bool = False
 
     def __init__(self, embedding_dim: int = 8, table: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -80,3 +86,35 @@ class CTRModel(nn.Module):
 
     def forward(self, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise TypeError(f"{type(self).__name__} must implement forward(ids, values) -> logits")
+
+    # ------------------------------------------------------ manual gradients
+
+    def _gather(self, ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows ``[B, F, W]`` (no autograd), first-order terms ``[B, F]``, factors ``[B, F, k]``."""
+        table = self.embedding.weight[ids].float()
+        return table, table[..., 0] * values, table[..., 1:] * values.unsqueeze(-1)
+
+    def _row_grads(
+        self, ids: torch.Tensor, values: torch.Tensor, d_linear: torch.Tensor | None, d_factors: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum the per-position gradients of the scaled rows into one gradient per touched row."""
+        b, f = ids.shape
+        d_rows = torch.zeros(b, f, self.embedding.dim, device=values.device)
+        if d_linear is not None:
+            d_rows[..., 0] = d_linear * values
+        if d_factors is not None:
+            d_rows[..., 1:] = d_factors * values.unsqueeze(-1)
+        rows, inverse = torch.unique(ids, return_inverse=True)
+        grads = torch.zeros(len(rows), self.embedding.dim, device=values.device)
+        grads.index_add_(0, inverse.view(-1), d_rows.view(b * f, self.embedding.dim))
+        return rows, grads
+
+    def forward_cached(self, ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Logits and what :meth:`backward_cached` needs, without autograd."""
+        raise TypeError(f"{type(self).__name__} has no manual gradients; use autograd")
+
+    def backward_cached(
+        self, cache: dict, d_logits: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Gradients given ``d loss / d logits``: ``({param name: grad}, touched rows, row grads)``."""
+        raise TypeError(f"{type(self).__name__} has no manual gradients; use autograd")

@@ -60,6 +60,8 @@ class DCNv2(CTRModel):
 
     """
 
+    supports_manual_grad = True
+
     def __init__(
         self,
         embedding_dim: int = 8,
@@ -84,3 +86,37 @@ class DCNv2(CTRModel):
         for layer in self.cross:
             x = layer(x0, x)
         return self.bias + linear.sum(dim=1) + self.mlp(x).squeeze(-1)
+
+    def forward_cached(self, ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        _, linear, factors = self._gather(ids, values)
+        x0 = x = factors.flatten(1)
+        xs, us = [], []
+        for layer in self.cross:
+            u = torch.addmm(layer.bias, x, layer.weight.T)
+            xs.append(x)
+            us.append(u)
+            x = x0 * u + x
+        deep, acts = self.mlp.forward_cached(x)
+        logits = self.bias.detach() + linear.sum(dim=1) + deep.squeeze(-1)
+        cache = {"ids": ids, "values": values, "factors": factors, "acts": acts, "xs": xs, "us": us}
+        return logits, cache
+
+    def backward_cached(self, cache: dict, d_logits: torch.Tensor):
+        d_x, grads = self.mlp.backward_cached(cache["acts"], d_logits.unsqueeze(-1), "mlp.")
+        x0 = cache["factors"].flatten(1)
+        d_x0 = torch.zeros_like(x0)
+        for i in range(len(self.cross) - 1, -1, -1):
+            layer, x, u = self.cross[i], cache["xs"][i], cache["us"][i]
+            # x_{l+1} = x0 * u + x_l with u = W x_l + b.
+            d_u = d_x * x0
+            d_x0 = d_x0 + d_x * u
+            grads[f"cross.{i}.weight"] = d_u.T @ x
+            grads[f"cross.{i}.bias"] = d_u.sum(0)
+            d_x = d_u @ layer.weight + d_x
+        d_x0 = d_x0 + d_x
+        d_linear = d_logits.unsqueeze(1).expand_as(cache["values"])
+        rows, row_grads = self._row_grads(
+            cache["ids"], cache["values"], d_linear, d_x0.view_as(cache["factors"])
+        )
+        grads["bias"] = d_logits.sum()
+        return grads, rows, row_grads

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from river_torchrec.nn.base import CTRModel
-from river_torchrec.nn.fm import fm_interaction
+from river_torchrec.nn.fm import fm_interaction, fm_interaction_grad
 from river_torchrec.nn.mlp import MLP
 
 __all__ = ["DeepFM"]
@@ -37,6 +37,8 @@ class DeepFM(CTRModel):
 
     """
 
+    supports_manual_grad = True
+
     def __init__(
         self,
         embedding_dim: int = 8,
@@ -54,3 +56,18 @@ class DeepFM(CTRModel):
         linear, factors = self.rows(ids, values)
         deep = self.mlp(factors.flatten(1)).squeeze(-1)
         return self.bias + linear.sum(dim=1) + fm_interaction(factors) + deep
+
+    def forward_cached(self, ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        _, linear, factors = self._gather(ids, values)
+        deep, acts = self.mlp.forward_cached(factors.flatten(1))
+        logits = self.bias.detach() + linear.sum(dim=1) + fm_interaction(factors) + deep.squeeze(-1)
+        return logits, {"ids": ids, "values": values, "factors": factors, "acts": acts}
+
+    def backward_cached(self, cache: dict, d_logits: torch.Tensor):
+        factors = cache["factors"]
+        d_flat, grads = self.mlp.backward_cached(cache["acts"], d_logits.unsqueeze(-1), "mlp.")
+        d_factors = fm_interaction_grad(factors, d_logits) + d_flat.view_as(factors)
+        d_linear = d_logits.unsqueeze(1).expand_as(cache["values"])
+        rows, row_grads = self._row_grads(cache["ids"], cache["values"], d_linear, d_factors)
+        grads["bias"] = d_logits.sum()
+        return grads, rows, row_grads

@@ -8,7 +8,12 @@ import torch
 
 from river_torchrec.nn.base import CTRModel
 
-__all__ = ["FM", "fm_interaction"]
+__all__ = ["FM", "fm_interaction", "fm_interaction_grad"]
+
+
+def fm_interaction_grad(factors: torch.Tensor, d_out: torch.Tensor) -> torch.Tensor:
+    """Gradient of :func:`fm_interaction` w.r.t. the factors: ``d * (sum_g e_g - e_f)``."""
+    return d_out.view(-1, 1, 1) * (factors.sum(dim=1, keepdim=True) - factors)
 
 
 def fm_interaction(factors: torch.Tensor) -> torch.Tensor:
@@ -39,9 +44,22 @@ class FM(CTRModel):
 
     """
 
+    supports_manual_grad = True
+
     def __init__(self, embedding_dim: int = 8, table: dict[str, Any] | None = None, **_: Any) -> None:
         super().__init__(embedding_dim=embedding_dim, table=table)
 
     def forward(self, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         linear, factors = self.rows(ids, values)
         return self.bias + linear.sum(dim=1) + fm_interaction(factors)
+
+    def forward_cached(self, ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        _, linear, factors = self._gather(ids, values)
+        logits = self.bias.detach() + linear.sum(dim=1) + fm_interaction(factors)
+        return logits, {"ids": ids, "values": values, "factors": factors}
+
+    def backward_cached(self, cache: dict, d_logits: torch.Tensor):
+        d_linear = d_logits.unsqueeze(1).expand_as(cache["values"])
+        d_factors = fm_interaction_grad(cache["factors"], d_logits)
+        rows, grads = self._row_grads(cache["ids"], cache["values"], d_linear, d_factors)
+        return {"bias": d_logits.sum()}, rows, grads

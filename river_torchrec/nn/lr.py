@@ -32,6 +32,7 @@ class LogisticRegression(CTRModel):
     """
 
     uses_linear = True
+    supports_manual_grad = True
 
     def __init__(self, embedding_dim: int = 0, table: dict[str, Any] | None = None, **_: Any) -> None:
         super().__init__(embedding_dim=0, table=table)
@@ -39,3 +40,12 @@ class LogisticRegression(CTRModel):
     def forward(self, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         w = self.embedding(ids)[..., 0]
         return self.bias + (w * values).sum(dim=1)
+
+    def forward_cached(self, ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        w = self.embedding.weight[ids][..., 0].float()
+        return self.bias.detach() + (w * values).sum(dim=1), {"ids": ids, "values": values}
+
+    def backward_cached(self, cache: dict, d_logits: torch.Tensor):
+        d_linear = d_logits.unsqueeze(1).expand_as(cache["values"])
+        rows, grads = self._row_grads(cache["ids"], cache["values"], d_linear, None)
+        return {"bias": d_logits.sum()}, rows, grads

@@ -70,3 +70,39 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+    def _linears(self) -> list[tuple[str, nn.Linear, bool]]:
+        """(index, layer, followed by a ReLU) for each linear layer."""
+        mods = list(self.layers)
+        return [
+            (str(i), m, i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU))
+            for i, m in enumerate(mods)
+            if isinstance(m, nn.Linear)
+        ]
+
+    def forward_cached(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Output and the activations :meth:`backward_cached` needs: each layer's input, then the output."""
+        acts = [x]
+        for _, layer, relu in self._linears():
+            x = torch.addmm(layer.bias, x, layer.weight.T)
+            if relu:
+                x = x.clamp_min(0)
+            acts.append(x)
+        return x, acts
+
+    def backward_cached(
+        self, acts: list[torch.Tensor], d_out: torch.Tensor, prefix: str
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Gradient of the input and ``{"<prefix>layers.<i>.weight": grad, ...}``."""
+        grads: dict[str, torch.Tensor] = {}
+        d = d_out
+        linears = self._linears()
+        for j in range(len(linears) - 1, -1, -1):
+            idx, layer, relu = linears[j]
+            if relu:
+                # acts[j + 1] is this layer's ReLU output: no gradient where it was cut to 0.
+                d = d * (acts[j + 1] > 0)
+            grads[f"{prefix}layers.{idx}.weight"] = d.T @ acts[j]
+            grads[f"{prefix}layers.{idx}.bias"] = d.sum(0)
+            d = d @ layer.weight
+        return d, grads

@@ -40,6 +40,8 @@ class WideAndDeep(CTRModel):
 
     """
 
+    supports_manual_grad = True
+
     def __init__(
         self,
         embedding_dim: int = 8,
@@ -56,3 +58,18 @@ class WideAndDeep(CTRModel):
     def forward(self, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         linear, factors = self.rows(ids, values)
         return self.bias + linear.sum(dim=1) + self.mlp(factors.flatten(1)).squeeze(-1)
+
+    def forward_cached(self, ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        _, linear, factors = self._gather(ids, values)
+        deep, acts = self.mlp.forward_cached(factors.flatten(1))
+        logits = self.bias.detach() + linear.sum(dim=1) + deep.squeeze(-1)
+        return logits, {"ids": ids, "values": values, "factors": factors, "acts": acts}
+
+    def backward_cached(self, cache: dict, d_logits: torch.Tensor):
+        d_flat, grads = self.mlp.backward_cached(cache["acts"], d_logits.unsqueeze(-1), "mlp.")
+        d_linear = d_logits.unsqueeze(1).expand_as(cache["values"])
+        rows, row_grads = self._row_grads(
+            cache["ids"], cache["values"], d_linear, d_flat.view_as(cache["factors"])
+        )
+        grads["bias"] = d_logits.sum()
+        return grads, rows, row_grads
