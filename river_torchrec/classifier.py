@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+import threading
 import warnings
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
@@ -13,7 +16,10 @@ import torch
 import torch.nn.functional as F
 from river import base
 
-from river_torchrec.encoding import NUMERIC, FieldEncoder, parse_features
+from river_torchrec.clipping import NumericClipper
+from river_torchrec.encoding import FLOAT32_MAX, NUMERIC, FieldEncoder, parse_features
+from river_torchrec.explain import Explanation, explain_event
+from river_torchrec.guard import StepGuard
 from river_torchrec.nn import MODELS, PADDING_ROW, CTRModel, DynamicEmbedding
 from river_torchrec.optim import DenseGrad, SparseGrad, Updater, make_updater
 from river_torchrec.optim.schedulers import Scheduler
@@ -51,6 +57,55 @@ class _Memo:
 
     def __deepcopy__(self, memo: dict) -> _Memo:
         return _Memo()
+
+
+class _Lock:
+    """A re-entrant lock that pickles, deep-copies and clones as a fresh, unlocked one.
+
+    Held by learning, prediction and :meth:`CTRClassifier.save`, so a prediction never
+    sees half a step. A plain ``threading.RLock`` cannot be pickled or deep-copied, which
+    would break ``pickle``, ``copy.deepcopy`` and ``clone(include_attributes=True)``.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def __reduce__(self) -> tuple:
+        return (_Lock, ())
+
+
+def _locked(method: Callable) -> Callable:
+    """Run ``method`` while holding the estimator's lock."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
+def _no_nan(p: np.ndarray) -> np.ndarray:
+    """Probabilities with NaN (an overflowing logit, e.g. inf - inf) replaced by 0.5."""
+    nan = np.isnan(p)
+    if nan.any():
+        warnings.warn(
+            "the model's output overflowed to NaN (numeric inputs far too large?); predicting 0.5",
+            RuntimeWarning,
+        )
+        p = np.where(nan, 0.5, p)
+    return p
+
+
+_EMBEDDING_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _label(y: Any) -> float:
@@ -111,11 +166,21 @@ class CTRClassifier(base.MiniBatchClassifier):
         Seed of the weight initialisation.
     model_params
         Extra keyword arguments of the model class (e.g. ``{"n_cross_layers": 3}``).
+    embedding_dtype
+        Storage type of the embedding rows: ``"float32"``, or ``"float16"`` / ``"bfloat16"`` to
+        halve the memory of the tables (rows are computed on in float32 and rounded back when
+        updated, as McMahan et al. (2013) did with 16-bit weights).
     numeric
         ``"log"``: a numeric value ``v`` enters the model as ``sign(v) * log(1 + |v|)``,
         which leaves small values nearly as they are and keeps raw counts, prices and
         outliers from blowing up the logits (click logs are full of them). ``"raw"``: as
         given, for inputs already scaled (e.g. by ``preprocessing.StandardScaler``).
+    clip_numeric
+        If set, each numeric value (after ``numeric``) is clipped to ``clip_numeric`` times
+        a robust running scale of its field (:class:`river_torchrec.clipping.NumericClipper`):
+        a corrupted value (say a price a million times too large) then cannot wreck the
+        weights. Off by default: ``numeric="log"`` already tames outliers, and ``"raw"``
+        promises inputs as given. ``10`` is a good value with ``numeric="raw"``.
 
     Attributes
     ----------
@@ -123,6 +188,29 @@ class CTRClassifier(base.MiniBatchClassifier):
         The :class:`torch.nn.Module`.
     n_rejected_
         Steps rejected because they produced a non-finite loss, gradient or weight.
+
+    Notes
+    -----
+    **Bad input** (the full policy is in ``docs/bad_input.md``): a feature value that is
+    not ``str``/``bool``/``int``/``float``/``None``, a NaN, an infinity or a number
+    beyond the float32 range, a label other than ``bool``/0/1, a negative or non-finite
+    weight, or a frame whose lengths disagree raises a ``TypeError`` or ``ValueError``
+    that names the field, and leaves the estimator exactly as it was. ``{}`` is an event
+    with every field absent: it predicts from the bias (and the deep part's response to
+    an empty input) and learning from it moves no embedding row. Fields unseen while
+    learning are ignored by predictions. Strings of any length are accepted as they are.
+
+    **Numeric faults**: a step whose loss, gradients, new weights or new optimizer state
+    hold a NaN or an infinity is undone (weights and updater state back to what they
+    were), counted in ``n_rejected_`` and reported with a ``RuntimeWarning``.
+
+    **Threads**: learning, prediction and :meth:`save` hold one re-entrant lock, so
+    predictions made while another thread learns see the weights before or after a step,
+    never between.
+
+    **Checkpoints**: :meth:`save` and :meth:`load` write and read a directory of
+    safetensors and JSON files, atomically and with checksums, never unpickling
+    (:mod:`river_torchrec.persistence`). ``pickle`` and ``copy.deepcopy`` work as well.
 
     Examples
     --------
@@ -160,6 +248,8 @@ class CTRClassifier(base.MiniBatchClassifier):
         seed: int = 42,
         model_params: dict | None = None,
         numeric: str = "log",
+        embedding_dtype: str = "float32",
+        clip_numeric: float | None = None,
     ) -> None:
         self.model = model
         self.embedding_dim = embedding_dim
@@ -176,9 +266,19 @@ class CTRClassifier(base.MiniBatchClassifier):
         self.seed = seed
         self.model_params = model_params
         self.numeric = numeric
+        self.embedding_dtype = embedding_dtype
+        self.clip_numeric = clip_numeric
 
+        if clip_numeric is not None and not (isinstance(clip_numeric, (int, float)) and clip_numeric > 1):
+            raise ValueError(f"clip_numeric must be a number > 1 or None, got {clip_numeric!r}")
+        self._clipper = NumericClipper(k=clip_numeric) if clip_numeric is not None else None
+        self._lock = _Lock()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if embedding_dtype not in _EMBEDDING_DTYPES:
+            raise ValueError(
+                f"embedding_dtype must be one of {sorted(_EMBEDDING_DTYPES)}, got {embedding_dtype!r}"
+            )
         if numeric not in ("log", "raw"):
             raise ValueError(f"numeric must be 'log' or 'raw', got {numeric!r}")
         self._log_numeric = numeric == "log"
@@ -214,6 +314,7 @@ class CTRClassifier(base.MiniBatchClassifier):
             "min_count": self.min_count,
             "max_rows": self.max_rows,
             "seed": self.seed,
+            "dtype": _EMBEDDING_DTYPES[self.embedding_dtype],
         }
         # Forking the global RNG keeps model construction reproducible without
         # disturbing the user's own random stream.
@@ -273,12 +374,24 @@ class CTRClassifier(base.MiniBatchClassifier):
     def _tensors(self, events: list, learn: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, F]`` ids and values of parsed events (registering fields when learning)."""
         enc = self._encoder
+        if self._clipper is not None:
+            events = [self._clipper.clip_event(p, learn) for p in events]
         arranged = [enc.arrange(p, learn) for p in events]
         if learn:
             self.model_.add_fields(len(enc))
         n_fields = self.model_.n_fields
         flat_keys = [k for _, keys, _ in arranged for k in keys]
         rows = self._lookup(flat_keys, learn) if flat_keys else []
+        if len(events) == 1:
+            # One event (the per-event hot path): plain lists beat numpy scatter here.
+            ids_row, vals_row = [PADDING_ROW] * n_fields, [0.0] * n_fields
+            for slot, row, value in zip(arranged[0][0], rows, arranged[0][2]):
+                ids_row[slot] = row
+                vals_row[slot] = value
+            return (
+                torch.tensor([ids_row], dtype=torch.int64, device=self._device),
+                torch.tensor([vals_row], dtype=torch.float32, device=self._device),
+            )
         ids = np.zeros((len(events), n_fields), dtype=np.int64)
         vals = np.zeros((len(events), n_fields), dtype=np.float32)
         i = 0
@@ -292,32 +405,37 @@ class CTRClassifier(base.MiniBatchClassifier):
             torch.from_numpy(vals).to(self._device),
         )
 
-    def _frame_tensors(self, X: pd.DataFrame, learn: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B, F]`` ids and values of a frame; NaN and None in a frame mean missing."""
+    def _parse_frame(self, X: pd.DataFrame, learn: bool) -> list[tuple[Hashable, bool, Any]]:
+        """Validate a frame, changing nothing: ``(column, is_numeric, data)`` per column used.
+
+        A numeric column gives its float64 values (NaN: missing), any other column its
+        factorised codes with the ``(column, key)`` and value of each distinct value.
+        """
         if not isinstance(X, pd.DataFrame):
             raise TypeError(f"X must be a pandas DataFrame, got {type(X).__name__}")
-        columns = self._encoder.frame_columns(X, learn)
-        if learn:
-            self.model_.add_fields(len(self._encoder))
-        n = len(X)
-        n_fields = self.model_.n_fields
-        ids = np.zeros((n, n_fields), dtype=np.int64)
-        vals = np.zeros((n, n_fields), dtype=np.float32)
-        for slot, col, series in columns:
-            kind = series.dtype.kind
-            if kind in "iuf":
+        if X.columns.has_duplicates:
+            raise ValueError(f"X has duplicate columns: {sorted(set(X.columns[X.columns.duplicated()]), key=repr)}")
+        slots = self._encoder.slots
+        parsed = []
+        for col in X.columns:
+            if not learn and col not in slots:
+                continue
+            series = X[col]
+            if series.dtype.kind in "iuf":
                 x = series.to_numpy(dtype=np.float64, na_value=np.nan)
-                if np.isinf(x).any():
-                    raise ValueError(f"feature {col!r} has infinite values; numeric features must be finite")
-                present = ~np.isnan(x)
+                if (np.abs(x) > FLOAT32_MAX).any():
+                    raise ValueError(
+                        f"feature {col!r} has infinite values or values beyond float32's range; "
+                        "numeric features must be finite (NaN means missing in a frame)"
+                    )
                 if self._log_numeric:
                     x = np.sign(x) * np.log1p(np.abs(x))
-                if present.any():
-                    (row,) = self._lookup([(col, NUMERIC)], learn)
-                    ids[:, slot] = np.where(present, row, PADDING_ROW)
-                    vals[:, slot] = np.where(present, x, 0.0)
+                parsed.append((col, True, x))
                 continue
-            codes, uniques = pd.factorize(series, use_na_sentinel=True)
+            try:
+                codes, uniques = pd.factorize(series, use_na_sentinel=True)
+            except TypeError as e:
+                raise TypeError(f"feature {col!r} has values that are not categories: {e}") from None
             keys, weights = [], []
             for u in uniques:
                 ((_, key, value),) = parse_features({col: u.item() if hasattr(u, "item") else u}, self._log_numeric) or (
@@ -325,7 +443,39 @@ class CTRClassifier(base.MiniBatchClassifier):
                 )
                 keys.append((col, key))
                 weights.append(value)
-            counts = np.bincount(codes[codes >= 0], minlength=len(uniques)).tolist()
+            parsed.append((col, False, (codes, keys, weights)))
+        return parsed
+
+    def _frame_tensors(
+        self, X: pd.DataFrame, learn: bool, parsed: list | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, F]`` ids and values of a frame; NaN and None in a frame mean missing."""
+        if parsed is None:
+            parsed = self._parse_frame(X, learn)
+        enc = self._encoder
+        if learn:
+            enc.register([col for col, _, _ in parsed])
+            self.model_.add_fields(len(enc))
+        # Slot order, as events are: rows are handed out in the order keys are looked up.
+        parsed = sorted(parsed, key=lambda t: enc.slots[t[0]])
+        n = len(X)
+        n_fields = self.model_.n_fields
+        ids = np.zeros((n, n_fields), dtype=np.int64)
+        vals = np.zeros((n, n_fields), dtype=np.float32)
+        for col, numeric, data in parsed:
+            slot = enc.slots[col]
+            if numeric:
+                x = data
+                present = ~np.isnan(x)
+                if present.any():
+                    if self._clipper is not None:
+                        x = self._clipper.clip_array(col, x, learn)
+                    (row,) = self._lookup([(col, NUMERIC)], learn)
+                    ids[:, slot] = np.where(present, row, PADDING_ROW)
+                    vals[:, slot] = np.where(present, x, 0.0)
+                continue
+            codes, keys, weights = data
+            counts = np.bincount(codes[codes >= 0], minlength=len(keys)).tolist()
             rows = np.asarray(self._lookup(keys, learn, counts) if keys else [], dtype=np.int64)
             weights_arr = np.asarray(weights, dtype=np.float32)
             present = codes >= 0
@@ -359,16 +509,22 @@ class CTRClassifier(base.MiniBatchClassifier):
             # Before the finiteness test, so that every worker accepts or rejects the same step.
             dense, sparse, loss = self._grad_hook(dense, sparse, loss, len(y))
 
-        grads = [d.grad for d in dense] + [s.grad for s in sparse]
-        if not bool(torch.isfinite(loss)) or not all(bool(torch.isfinite(g).all()) for g in grads):
-            self._reject("a non-finite loss or gradient")
-            return
-        scale = self.scheduler.multiplier() if self.scheduler is not None else 1.0
-        self._updater.step(dense, sparse, lr_scale=scale)
-        with torch.no_grad():
-            table.weight[PADDING_ROW] = 0
         for _, p in params:
             p.grad = None
+        if not math.isfinite(float(loss)):
+            self._reject("a non-finite loss")
+            return
+        scale = self.scheduler.multiplier() if self.scheduler is not None else 1.0
+        # A NaN or inf gradient spreads to what the step writes, so one test afterwards
+        # covers gradients, weights and updater state alike.
+        guard = StepGuard(self._updater, dense, sparse)
+        self._updater.step(dense, sparse, lr_scale=scale)
+        if not guard.ok():
+            guard.restore()
+            self._reject("a non-finite gradient, weight or optimizer state")
+            return
+        with torch.no_grad():
+            table.weight[PADDING_ROW] = 0
         if self.scheduler is not None:
             # Only the newly arrived events (first in the batch) are out-of-sample.
             self.scheduler.observe(losses[:n_new].detach().cpu().tolist(), self._updater)
@@ -432,6 +588,7 @@ class CTRClassifier(base.MiniBatchClassifier):
             return None
         return forward
 
+    @_locked
     def learn_one(self, x: dict, y: base.typing.ClfTarget, w: float = 1.0) -> None:
         event = (parse_features(x, self._log_numeric), _label(y), _weight(w))
         if self.batch_size == 1:
@@ -441,12 +598,14 @@ class CTRClassifier(base.MiniBatchClassifier):
         if len(self._buffer) >= self.batch_size:
             self.flush()
 
+    @_locked
     def flush(self) -> None:
         """Take a step on the events buffered by ``learn_one`` (no-op when empty)."""
         if self._buffer:
             events, self._buffer = self._buffer, []
             self._learn_events(events)
 
+    @_locked
     def learn_many(self, X: pd.DataFrame, y: pd.Series, w: pd.Series | float = 1.0) -> None:
         """One gradient step on the mean loss of the frame (buffered events are flushed first)."""
         if len(X) != len(y):
@@ -460,8 +619,10 @@ class CTRClassifier(base.MiniBatchClassifier):
             weights = [_weight(v) for v in w.tolist()]
         else:
             weights = [_weight(w)] * len(X)
+        # Validate the whole frame before flushing or registering anything.
+        parsed = self._parse_frame(X, learn=True)
         self.flush()
-        ids, vals = self._frame_tensors(X, learn=True)
+        ids, vals = self._frame_tensors(X, learn=True, parsed=parsed)
         self._step(
             ids,
             vals,
@@ -473,8 +634,9 @@ class CTRClassifier(base.MiniBatchClassifier):
 
     @torch.inference_mode()
     def _proba(self, ids: torch.Tensor, vals: torch.Tensor) -> np.ndarray:
-        return torch.sigmoid(self.model_(ids, vals)).double().cpu().numpy()
+        return _no_nan(torch.sigmoid(self.model_(ids, vals)).double().cpu().numpy())
 
+    @_locked
     def predict_proba_one(self, x: dict) -> dict[Hashable, float]:
         ids, vals = self._tensors([parse_features(x, self._log_numeric)], learn=False)
         net = self.model_
@@ -485,8 +647,11 @@ class CTRClassifier(base.MiniBatchClassifier):
             p = float(torch.sigmoid(logits)[0])
         else:
             p = float(self._proba(ids, vals)[0])
+        if p != p:
+            p = float(_no_nan(np.array([p]))[0])
         return {False: 1.0 - p, True: p}
 
+    @_locked
     def predict_proba_many(self, X: pd.DataFrame) -> pd.DataFrame:
         ids, vals = self._frame_tensors(X, learn=False)
         p = self._proba(ids, vals) if len(X) else np.zeros(0)
@@ -497,3 +662,70 @@ class CTRClassifier(base.MiniBatchClassifier):
 
     def predict_many(self, X: pd.DataFrame) -> pd.Series:
         return self.predict_proba_many(X)[True] > 0.5
+
+    # ---------------------------------------------------------- checkpoints
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a checkpoint directory atomically (see :func:`river_torchrec.persistence.save`)."""
+        from river_torchrec import persistence
+
+        persistence.save(self, path)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, device: str | None = None, trusted_classes: Sequence[type] = ()
+    ) -> CTRClassifier:
+        """Read a checkpoint, verified and never unpickled (see :func:`river_torchrec.persistence.load`)."""
+        from river_torchrec import persistence
+
+        return persistence.load(path, device=device, trusted_classes=trusted_classes)
+
+    # ---------------------------------------------------------- explanation
+
+    @_locked
+    def explain_one(self, x: dict) -> Explanation:
+        """Each field's contribution to the logit of ``x`` (nothing in the model changes).
+
+        Exact for LR and FM (an FM pair term is split evenly between its two fields), so
+        ``bias + sum(contributions) == logit``; integrated gradients over the field rows
+        for the other models, from the baseline where every field is absent, so
+        ``baseline + sum(contributions) == logit`` to 1e-5. See :mod:`river_torchrec.explain`.
+
+        Examples
+        --------
+        >>> from river_torchrec import CTRClassifier
+        >>> model = CTRClassifier(model="fm", lr=0.1, seed=1)
+        >>> for _ in range(20):
+        ...     model.learn_one({"user": "ann", "item": "book"}, True)
+        >>> e = model.explain_one({"user": "ann", "item": "book", "page": None})
+        >>> abs(e.baseline + sum(e.contributions.values()) - e.logit) < 1e-5
+        True
+        >>> e.contributions["page"]
+        0.0
+
+        """
+        ids, vals = self._tensors([parse_features(x, self._log_numeric)], learn=False)
+        return explain_event(self.model_, self._encoder.slots, x, ids, vals)
+
+    def debug_one(self, x: dict, decimals: int = 5) -> str:
+        """A table of each field's value and contribution to the logit, largest first,
+        then the bias (or baseline), the logit and the probability (see :meth:`explain_one`).
+
+        Examples
+        --------
+        >>> from river_torchrec import CTRClassifier
+        >>> model = CTRClassifier(model="lr", lr=0.1)
+        >>> for _ in range(20):
+        ...     model.learn_one({"user": "ann", "price": 2.0}, True)
+        ...     model.learn_one({"user": "bob", "price": 1.0}, False)
+        >>> print(model.debug_one({"user": "ann", "price": 2.0, "page": None}, decimals=2))
+        Field         Value   Contribution
+               user   'ann'           1.79
+              price    2.00           0.49
+               page    None           0.00
+               Bias                  -0.30
+              Logit                   1.98
+        Probability                   0.88
+
+        """
+        return self.explain_one(x).to_table(decimals)

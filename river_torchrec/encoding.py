@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["FieldEncoder", "parse_features", "signed_log1p", "NUMERIC"]
+__all__ = ["FieldEncoder", "parse_features", "signed_log1p", "FLOAT32_MAX", "NUMERIC"]
 
 #: The value part of a numeric field's key: a numeric field has one row, scaled by its value.
 NUMERIC = None
@@ -25,6 +25,22 @@ def _is_categorical(v: Any) -> bool:
 def signed_log1p(v: float) -> float:
     """``sign(v) * log(1 + |v|)``: keeps small values, tames counts and outliers (1e6 -> 13.8)."""
     return math.copysign(math.log1p(abs(v)), v)
+
+
+#: Largest magnitude a numeric feature may have: beyond it, float32 (the models' type) is inf.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _out_of_range(field: Hashable, v: Any) -> ValueError:
+    # Not repr(v): a huge int has thousands of digits (or cannot be printed at all).
+    try:
+        shown = repr(float(v))
+    except (OverflowError, ValueError):
+        shown = "a number too large for a float"
+    return ValueError(
+        f"feature {field!r} is {shown}; numeric features must be finite and within "
+        f"float32's range (|x| <= {FLOAT32_MAX:.4g})"
+    )
 
 
 def parse_features(x: dict, log_numeric: bool = False) -> Parsed:
@@ -44,8 +60,10 @@ def parse_features(x: dict, log_numeric: bool = False) -> Parsed:
         if t is str:
             out.append((field, v, 1.0))
         elif t is float or t is int:
-            if not math.isfinite(v):
-                raise ValueError(f"feature {field!r} is {v!r}; numeric features must be finite")
+            # A comparison, not math.isfinite: it is False for NaN and never overflows on
+            # a huge int; values beyond float32's range would turn into inf in the model.
+            if not -FLOAT32_MAX <= v <= FLOAT32_MAX:
+                raise _out_of_range(field, v)
             out.append((field, NUMERIC, signed_log1p(v) if log_numeric else float(v)))
         elif v is None:
             continue
@@ -54,9 +72,12 @@ def parse_features(x: dict, log_numeric: bool = False) -> Parsed:
         elif isinstance(v, str):
             out.append((field, str(v), 1.0))
         elif isinstance(v, numbers.Real):
-            f = float(v)
-            if not math.isfinite(f):
-                raise ValueError(f"feature {field!r} is {v!r}; numeric features must be finite")
+            try:
+                f = float(v)
+            except (OverflowError, ValueError):
+                f = math.inf
+            if not -FLOAT32_MAX <= f <= FLOAT32_MAX:
+                raise _out_of_range(field, v)
             out.append((field, NUMERIC, signed_log1p(f) if log_numeric else f))
         else:
             raise TypeError(
@@ -81,19 +102,19 @@ class FieldEncoder:
 
     def register(self, fields: Iterable[Hashable]) -> int:
         """Give slots to unseen fields; return the new number of fields."""
-        new = {f for f in fields if f not in self.slots}
-        for f in sorted(new, key=repr):
-            self.slots[f] = len(self.slots)
-        return len(self.slots)
+        slots = self.slots
+        new = [f for f in fields if f not in slots]
+        if new:
+            for f in sorted(set(new), key=repr):
+                slots[f] = len(slots)
+        return len(slots)
 
     def arrange(self, parsed: Parsed, learn: bool) -> tuple[list[int], list[tuple], list[float]]:
         """Slots, keys and values of the fields of an event the model knows, in slot order."""
         slots = self.slots
         if learn:
-            self.register(f for f, _, _ in parsed)
-        items = sorted(
-            (slots[f], (f, k), v) for f, k, v in parsed if f in slots
-        ) if parsed else []
+            self.register([f for f, _, _ in parsed])
+        items = sorted([(slots[f], (f, k), v) for f, k, v in parsed if f in slots])
         return [s for s, _, _ in items], [k for _, k, _ in items], [v for _, _, v in items]
 
     def frame_columns(self, X: pd.DataFrame, learn: bool) -> list[tuple[int, Hashable, pd.Series]]:

@@ -56,6 +56,10 @@ class Adam(Updater):
         clip_norm: float | None = None,
     ) -> None:
         super().__init__(lr=lr, clip_norm=clip_norm)
+        if not all(0 <= b < 1 for b in betas) or len(betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        if not eps >= 0 or not weight_decay >= 0:
+            raise ValueError(f"eps and weight_decay must be >= 0, got {eps!r} and {weight_decay!r}")
         self.betas = betas
         self.eps = eps
         self.weight_decay = weight_decay
@@ -92,7 +96,10 @@ class Adam(Updater):
         v = v_all[rows].mul_(b2).addcmul_(grad, grad, value=1 - b2)
         m_all[rows] = m
         v_all[rows] = v
-        bias1 = (1 - b1**t).unsqueeze(-1)
-        bias2_sqrt = (1 - b2**t).sqrt().unsqueeze(-1)
+        # Bias corrections in float64, as torch.optim.Adam computes them from Python floats:
+        # in float32, 1 - 0.999**1 is off by 1e-5 relative.
+        t64 = t.double()
+        bias1 = (1 - b1**t64).to(m.dtype).unsqueeze(-1)
+        bias2_sqrt = (1 - b2**t64).sqrt().to(m.dtype).unsqueeze(-1)
         theta = theta - lr * (m / bias1) / (v.sqrt() / bias2_sqrt + self.eps)
         table[rows] = theta.to(table.dtype)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from river import base
@@ -65,7 +67,15 @@ class Updater(base.Base, abc.ABC):
 
     """
 
+    #: Name of the ``__init__`` argument that sets the base learning rate
+    #: (``make_updater(name, lr)`` passes ``lr`` under this name).
+    lr_name: ClassVar[str] = "lr"
+
     def __init__(self, lr: float, clip_norm: float | None = None) -> None:
+        if not (math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"{self.lr_name} must be a finite number >= 0, got {lr!r}")
+        if clip_norm is not None and not (math.isfinite(clip_norm) and clip_norm > 0):
+            raise ValueError(f"clip_norm must be a finite number > 0 or None, got {clip_norm!r}")
         self.lr = lr
         self.clip_norm = clip_norm
         self.n_steps = 0
@@ -172,5 +182,7 @@ class Updater(base.Base, abc.ABC):
     ) -> None:
         """Update ``table[rows]`` in place; leave every other row and its state alone."""
 
-    def _unit_test_params(self):  # pragma: no cover - overridden where useful
+    @classmethod
+    def _unit_test_params(cls):
+        # river's convention: a classmethod yielding keyword arguments to build test instances.
         yield {}

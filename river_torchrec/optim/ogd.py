@@ -19,7 +19,9 @@ class OGD(Updater):
     Parameters
     ----------
     lr
-        Learning rate :math:`\eta`.
+        Learning rate :math:`\eta`. The default is the best of the sweep of
+        ``benchmarks/bench_updaters.py`` (DeepFM on SyntheticCTR and Criteo; plain SGD
+        on a deep model is unstable from about 0.03 there).
     clip_norm
         Optional joint gradient-norm bound.
 
@@ -33,7 +35,7 @@ class OGD(Updater):
 
     """
 
-    def __init__(self, lr: float = 0.05, clip_norm: float | None = None) -> None:
+    def __init__(self, lr: float = 0.003, clip_norm: float | None = None) -> None:
         super().__init__(lr=lr, clip_norm=clip_norm)
 
     def _dense_step(self, name: str, param: torch.Tensor, grad: torch.Tensor, lr: float) -> None:

@@ -1,0 +1,198 @@
+"""Memory: RSS stays flat under an endless stream of new ids with ``max_rows``; the cost of a row.
+
+Run ``python benchmarks/bench_memory.py`` (``--quick`` for a smoke run). Each part runs in a
+process of its own, so the peak RSS it reports is its own. Two markdown tables:
+
+1. Flat memory: ``--events`` (2,000,000) events, each with a never-seen user id and a
+   never-seen item id (plus a device, an hour and a price), learned in frames of 2,000 with
+   ``learn_many`` by a DeepFM (``embedding_dim=8``, Adam) with ``max_rows=100_000``: the
+   table fills up, then recycles its least recently used rows. Current and peak RSS every
+   200,000 events; they stay flat once the table is full.
+2. The cost of a row: 10^6 distinct ids learned with ``max_rows=None``, with Adam and with
+   SGD (no per-row updater state). The growth of RSS per id, split into the float32 table,
+   the updater state and the rest (the vocabulary: a dict entry, an ``OrderedDict`` node
+   and the key strings), against the raw float32 size of 10^6 rows of the same width.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+
+from river_torchrec import CTRClassifier
+
+HERE = pathlib.Path(__file__).resolve()
+MB = 2**20
+
+
+def rss() -> int:
+    """Current resident set size in bytes."""
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    except ImportError:  # Linux without psutil
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def peak_rss() -> int:
+    # ru_maxrss is in KiB on Linux, in bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def frame(start: int, n: int, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.Series]:
+    ids = range(start, start + n)
+    X = pd.DataFrame(
+        {
+            "user_id": [f"u{i}" for i in ids],
+            "item_id": [f"i{i}" for i in ids],
+            "device": rng.choice(["mobile", "desktop", "tablet"], n),
+            "hour": rng.integers(0, 24, n).astype(str),
+            "price": rng.lognormal(3.0, 1.0, n),
+        }
+    )
+    return X, pd.Series(rng.random(n) < 0.1)
+
+
+def table_bytes(model: CTRClassifier) -> tuple[int, int]:
+    """Bytes of the embedding table and of the updater's state of it."""
+    weight = model.model_.embedding.weight
+    state = sum(
+        t.numel() * t.element_size()
+        for k, t in model.updater.state_dict().items()
+        if isinstance(t, torch.Tensor) and k.startswith("embedding.weight/")
+    )
+    return weight.numel() * weight.element_size(), state
+
+
+def part_flat(n_events: int, max_rows: int, every: int) -> None:
+    rng = np.random.default_rng(0)
+    model = CTRClassifier(model="deepfm", max_rows=max_rows, seed=1)
+    chunk = 2_000
+    start = time.perf_counter()
+    rows = []
+    for done in range(0, n_events, chunk):
+        X, y = frame(done, chunk, rng)
+        model.learn_many(X, y)
+        if (done + chunk) % every == 0:
+            table, state = table_bytes(model)
+            rows.append(
+                {
+                    "events": done + chunk,
+                    "rows": len(model.model_.embedding),
+                    "vocabulary": len(model.model_.embedding.key_to_row()),
+                    "table_mb": (table + state) / MB,
+                    "rss_mb": rss() / MB,
+                    "peak_mb": peak_rss() / MB,
+                    "seconds": time.perf_counter() - start,
+                }
+            )
+    print(json.dumps(rows))
+
+
+def part_row_cost(n_ids: int, optimizer: str) -> None:
+    rng = np.random.default_rng(0)
+    model = CTRClassifier(model="deepfm", optimizer=optimizer, seed=1)
+    chunk = 10_000
+    # Warm up on ids that will not count, so torch's allocations and imports are in the baseline.
+    X, y = frame(-chunk, chunk, rng)
+    model.learn_many(X.assign(user_id="warm", item_id="warm"), y)
+    base_rss, base_rows = rss(), len(model.model_.embedding)
+    base_table = sum(table_bytes(model))
+    for done in range(0, n_ids, chunk):
+        X, y = frame(done, chunk, rng)
+        model.learn_many(X.assign(item_id="one item"), y)
+    n = len(model.model_.embedding) - base_rows
+    table, state = table_bytes(model)
+    print(
+        json.dumps(
+            {
+                "optimizer": optimizer,
+                "ids": n,
+                "width": model.model_.embedding.dim,
+                "capacity": model.model_.embedding.capacity,
+                "rss_growth": rss() - base_rss,
+                "table": table,
+                "state": state,
+                "base_table": base_table,
+                "peak": peak_rss(),
+            }
+        )
+    )
+
+
+def run_part(*args: str) -> object:
+    out = subprocess.run([sys.executable, str(HERE), "--part", *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--max-rows", type=int, default=100_000)
+    parser.add_argument("--ids", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="200,000 events and 100,000 ids")
+    parser.add_argument("--part", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore", RuntimeWarning)
+    if args.part:
+        if args.part[0] == "flat":
+            part_flat(int(args.part[1]), int(args.part[2]), int(args.part[3]))
+        else:
+            part_row_cost(int(args.part[1]), args.part[2])
+        return
+
+    n_events = 200_000 if args.quick else args.events
+    every = 20_000 if args.quick else 200_000
+    n_ids = 100_000 if args.quick else args.ids
+    rows = run_part("flat", str(n_events), str(args.max_rows), str(every))
+    print(
+        f"\n### Flat memory: {n_events:,} events, 2 new ids each, DeepFM (dim 8, Adam), max_rows={args.max_rows:,}\n"
+    )
+    print("| events | rows in use | vocabulary | table + Adam state (MB) | RSS (MB) | peak RSS (MB) | time (s) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['events']:,} | {r['rows']:,} | {r['vocabulary']:,} | {r['table_mb']:.1f} | {r['rss_mb']:.0f} "
+            f"| {r['peak_mb']:.0f} | {r['seconds']:.0f} |"
+        )
+    full = [r["rss_mb"] for r in rows if r["rows"] >= args.max_rows]
+    if full:
+        print(f"\nRSS once the table is full: {min(full):.0f} to {max(full):.0f} MB ({max(full) - min(full):+.0f} MB).")
+
+    print(f"\n### The cost of a row: {n_ids:,} distinct ids, DeepFM (dim 8: 9 float32 per row), max_rows=None\n")
+    print(
+        "| updater | RSS growth per id (B) | table per id (B) | updater state per id (B) | rest per id (B) "
+        "| raw float32 row (B) | RSS growth (MB) | raw float32, 10^6 rows (MB) | peak RSS (MB) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for optimizer in ("adam", "sgd"):
+        r = run_part("rows", str(n_ids), optimizer)
+        n, raw_row = r["ids"], 4 * r["width"]
+        table = r["table"] + r["state"] - r["base_table"]
+        rest = r["rss_growth"] - table
+        print(
+            f"| {optimizer} | {r['rss_growth'] / n:.0f} | {r['table'] / n:.0f} | {r['state'] / n:.0f} | {rest / n:.0f} "
+            f"| {raw_row} | {r['rss_growth'] / MB:.0f} | {raw_row * 10**6 / MB:.1f} | {r['peak'] / MB:.0f} |"
+        )
+    print(
+        "\nThe table grows by doubling its capacity (here to "
+        f"{r['capacity']:,} rows), so per-id table bytes include the unused tail of the last doubling."
+    )
+
+
+if __name__ == "__main__":
+    main()
