@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pandas as pd
 
@@ -30,6 +31,11 @@ def _in_threads(model, learned, reader, n_readers=3):
         try:
             for x, y in learned:
                 model.learn_one(x, y)
+                # Let a reader in between steps however the OS schedules threads, so the
+                # test always sees predictions interleaved with learning.
+                seen, deadline = len(results), time.monotonic() + 0.05
+                while len(results) == seen and time.monotonic() < deadline:
+                    time.sleep(0.0005)
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
         finally:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from river_torchrec.optim.base import Updater
+from river_torchrec.optim.base import DenseGrad, Updater
 
 __all__ = ["Adagrad", "RowWiseAdagrad"]
 
@@ -65,6 +67,17 @@ class Adagrad(Updater):
             raise ValueError(f"initial_accumulator_value must be >= 0, got {initial_accumulator_value!r}")
         self.eps = eps
         self.initial_accumulator_value = initial_accumulator_value
+
+    def _dense_steps(self, dense: Sequence[DenseGrad], lr: float) -> None:
+        # The same element-wise arithmetic as _dense_step, one kernel per operation for all tensors.
+        params = [d.param for d in dense]
+        grads = [d.grad for d in dense]
+        sums = [self._buffer(d.name, "sum_sq", d.param) for d in dense]
+        torch._foreach_addcmul_(sums, grads, grads)
+        std = torch._foreach_add(sums, self.initial_accumulator_value)
+        torch._foreach_sqrt_(std)
+        torch._foreach_add_(std, self.eps)
+        torch._foreach_addcdiv_(params, grads, std, value=-lr)
 
     def _dense_step(self, name: str, param: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
         s = self._buffer(name, "sum_sq", param)

@@ -167,10 +167,16 @@ class Updater(base.Base, abc.ABC):
             self._clip(dense, sparse)
         self.n_steps += 1
         lr = self.lr * lr_scale
-        for d in dense:
-            self._dense_step(d.name, d.param, d.grad, lr)
+        if dense:
+            self._dense_steps(dense, lr)
         for s in sparse:
             self._sparse_step(s.name, s.table, s.rows, s.grad, lr)
+
+    def _dense_steps(self, dense: Sequence[DenseGrad], lr: float) -> None:
+        """Update every dense parameter; updaters override it with ``torch._foreach_*`` kernels,
+        since a one-event step is dominated by per-tensor dispatch, not arithmetic."""
+        for d in dense:
+            self._dense_step(d.name, d.param, d.grad, lr)
 
     @abc.abstractmethod
     def _dense_step(self, name: str, param: torch.Tensor, grad: torch.Tensor, lr: float) -> None:

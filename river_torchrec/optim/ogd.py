@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from river_torchrec.optim.base import Updater
+from river_torchrec.optim.base import DenseGrad, Updater
 
 __all__ = ["OGD"]
 
@@ -37,6 +39,9 @@ class OGD(Updater):
 
     def __init__(self, lr: float = 0.003, clip_norm: float | None = None) -> None:
         super().__init__(lr=lr, clip_norm=clip_norm)
+
+    def _dense_steps(self, dense: Sequence[DenseGrad], lr: float) -> None:
+        torch._foreach_add_([d.param for d in dense], [d.grad for d in dense], alpha=-lr)
 
     def _dense_step(self, name: str, param: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
         param.add_(grad, alpha=-lr)
