@@ -3,8 +3,8 @@
 Run ``python benchmarks/bench_drift.py`` (``--quick`` for a smoke run, ``--seeds 5``,
 ``--events 30000``, ``--workers 2``, ``--data PATH``). Every scheduler of
 :mod:`river_torchrec.optim.schedulers` with its defaults, plus ``DriftAwareLR`` without the
-moment reset, drives a ``CTRClassifier(model="deepfm")`` (Adam, ``lr=0.001``, one step per
-event) under progressive validation (predict, then learn, on every event) on:
+moment reset, drives a ``CTRClassifier(model="deepfm")`` (its default updater, one step
+per event) under progressive validation (predict, then learn, on every event) on:
 
 * ``SyntheticCTR`` with an abrupt drift, a gradual drift (``n_events // 10`` wide) and no
   drift, each at ``--seeds`` seeds (the seed of the stream and of the model). The drift is
@@ -274,8 +274,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[{i}/{len(jobs)}] {res['job']} {res['seconds']:.0f}s", file=sys.stderr, flush=True)
     wall = time.perf_counter() - start
 
+    updater = CTRClassifier(model=args.model).updater
     print(
-        f"`CTRClassifier(model={args.model!r})`, SyntheticCTR({n_events:,} events, {STREAM}), "
+        f"`CTRClassifier(model={args.model!r})` with {type(updater).__name__}(lr={updater.lr}), "
+        f"SyntheticCTR({n_events:,} events, {STREAM}), "
         f"seeds {seeds}; torch {torch.__version__}, {args.workers} worker(s), wall {wall / 60:.1f} min\n"
     )
     for stream in DRIFTS:

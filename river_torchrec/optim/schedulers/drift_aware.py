@@ -80,7 +80,8 @@ class DriftAwareLR(Scheduler):
     half_life
         Events over which the excess ``boost - 1`` halves (> 0). The defaults, a boost of 8
         halving every 2,000 events, did best in ``benchmarks/bench_drift.py`` among boosts
-        of 4 to 16 and half-lives of 1,000 to 5,000 events (Adam at ``lr=0.001``).
+        of 4 to 16 and half-lives of 1,000 to 5,000 events (tuned with Adam at
+        ``lr=0.001``, checked with the default Adagrad at ``lr=0.01``).
     reset_moments
         Whether an alarm resets the updater's state (Adam's moments, AdaGrad's sums).
     cooldown
