@@ -45,12 +45,16 @@ class _Memo:
     between, the learning step starts from the prediction's activations instead of running
     the forward pass again. Prediction stays pure, as the memo never alters an output; it is
     never pickled or copied.
+
+    It also keeps the model's trainable parameters, which change only when fields are added:
+    walking ``named_parameters()`` on every step cost about 8% of a one-event DeepFM step.
     """
 
-    __slots__ = ("entry",)
+    __slots__ = ("entry", "params")
 
     def __init__(self) -> None:
         self.entry: tuple | None = None
+        self.params: tuple[object, int, list] | None = None
 
     def __reduce__(self) -> tuple:
         return (_Memo, ())
@@ -505,14 +509,11 @@ class CTRClassifier(base.MiniBatchClassifier):
         self._version += 1
         net = self.model_
         table = net.embedding
-        params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
-        losses, loss, dense, sparse = self._gradients(ids, vals, y, w, params, forward)
+        losses, loss, dense, sparse = self._gradients(ids, vals, y, w, self._trainable(), forward)
         if self._grad_hook is not None:
             # Before the finiteness test, so that every worker accepts or rejects the same step.
             dense, sparse, loss = self._grad_hook(dense, sparse, loss, len(y))
 
-        for _, p in params:
-            p.grad = None
         if not math.isfinite(float(loss)):
             self._reject("a non-finite loss")
             return
@@ -530,6 +531,15 @@ class CTRClassifier(base.MiniBatchClassifier):
         if self.scheduler is not None:
             # Only the newly arrived events (first in the batch) are out-of-sample.
             self.scheduler.observe(losses[:n_new].detach().cpu().tolist(), self._updater)
+
+    def _trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """``(name, parameter)`` pairs of the model, recomputed only when fields were added."""
+        net = self.model_
+        cached = self._memo.params
+        if cached is None or cached[0] is not net or cached[1] != net.n_fields:
+            params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+            cached = self._memo.params = (net, net.n_fields, params)
+        return cached[2]
 
     def _gradients(
         self,
@@ -566,6 +576,9 @@ class CTRClassifier(base.MiniBatchClassifier):
         dense = [DenseGrad(name, p.data, p.grad) for name, p in params if p.grad is not None]
         sparse = [SparseGrad("embedding.weight", table.weight, table.last_rows, table.last_leaf.grad)]
         table.release()
+        for _, p in params:
+            # The DenseGrads hold the gradients; the parameters need not (smaller pickles).
+            p.grad = None
         return losses.detach(), loss.detach(), dense, sparse
 
     def _reject(self, why: str) -> None:

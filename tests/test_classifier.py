@@ -314,8 +314,14 @@ def test_learns_on_cuda():
 
 def test_auto_device_falls_back_to_what_exists():
     clf = CTRClassifier(device="auto")
-    expected = "cuda" if torch.cuda.is_available() else clf._device.type
+    if torch.cuda.is_available():
+        expected = "cuda"
+    elif torch.backends.mps.is_available():
+        expected = "mps"
+    else:
+        expected = "cpu"
     assert clf._device.type == expected
+    assert clf.model_.embedding.weight.device.type == expected
 
 
 def test_numeric_log_transform_is_signed_log1p():
