@@ -21,6 +21,7 @@ from river_torchrec.encoding import FLOAT32_MAX, NUMERIC, FieldEncoder, parse_fe
 from river_torchrec.explain import Explanation, explain_event
 from river_torchrec.guard import StepGuard
 from river_torchrec.nn import MODELS, PADDING_ROW, CTRModel, DynamicEmbedding
+from river_torchrec.numpy_path import NumpyPath
 from river_torchrec.optim import DenseGrad, SparseGrad, Updater, make_updater
 from river_torchrec.optim.schedulers import Scheduler
 
@@ -47,14 +48,16 @@ class _Memo:
     never pickled or copied.
 
     It also keeps the model's trainable parameters, which change only when fields are added:
-    walking ``named_parameters()`` on every step cost about 8% of a one-event DeepFM step.
+    walking ``named_parameters()`` on every step cost about 8% of a one-event DeepFM step,
+    and the :class:`~river_torchrec.numpy_path.NumpyPath` of one-event CPU steps.
     """
 
-    __slots__ = ("entry", "params")
+    __slots__ = ("entry", "params", "numpy")
 
     def __init__(self) -> None:
         self.entry: tuple | None = None
         self.params: tuple[object, int, list] | None = None
+        self.numpy: NumpyPath | None = None
 
     def __reduce__(self) -> tuple:
         return (_Memo, ())
@@ -237,6 +240,10 @@ class CTRClassifier(base.MiniBatchClassifier):
     #: gradients into the step of the global batch.
     _grad_hook: Callable | None = None
 
+    #: Whether one-event steps on CPU may take the NumPy twin of the torch path
+    #: (:mod:`river_torchrec.numpy_path`); tests switch it off on an instance to compare.
+    _use_numpy: bool = True
+
     def __init__(
         self,
         model: str | type[CTRModel] = "deepfm",
@@ -299,6 +306,21 @@ class CTRClassifier(base.MiniBatchClassifier):
         self._version = 0  # bumped by every step: a memoised forward pass is stale after it
         self._rows_recycled = False
         self._memo = _Memo()
+
+    def __getstate__(self) -> dict:
+        # Views of a flat tensor pickle their whole storage each: hand every parameter its own first.
+        if self._memo.numpy is not None:
+            self._memo.numpy.unflatten()
+        return self.__dict__.copy()
+
+    def _numpy(self) -> NumpyPath | None:
+        """The NumPy twin, when it applies to this model, updater and device."""
+        if not self._use_numpy:
+            return None
+        fast = self._memo.numpy
+        if fast is None:
+            fast = self._memo.numpy = NumpyPath()
+        return fast if fast.applies(self) else None
 
     # ------------------------------------------------------------- building
 
@@ -442,13 +464,16 @@ class CTRClassifier(base.MiniBatchClassifier):
                 codes, uniques = pd.factorize(series, use_na_sentinel=True)
             except TypeError as e:
                 raise TypeError(f"feature {col!r} has values that are not categories: {e}") from None
-            keys, weights = [], []
-            for u in uniques:
-                ((_, key, value),) = parse_features({col: u.item() if hasattr(u, "item") else u}, self._log_numeric) or (
-                    (None, None, 0.0),
-                )
-                keys.append((col, key))
-                weights.append(value)
+            values = uniques.tolist()
+            if all(type(u) is str for u in values):
+                # The usual categorical column: every key is the string itself, weight 1.
+                keys, weights = [(col, u) for u in values], [1.0] * len(values)
+            else:
+                keys, weights = [], []
+                for u in values:
+                    ((_, key, value),) = parse_features({col: u}, self._log_numeric) or ((None, None, 0.0),)
+                    keys.append((col, key))
+                    weights.append(value)
             parsed.append((col, False, (codes, keys, weights)))
         return parsed
 
@@ -605,6 +630,13 @@ class CTRClassifier(base.MiniBatchClassifier):
 
     @_locked
     def learn_one(self, x: dict, y: base.typing.ClfTarget, w: float = 1.0) -> None:
+        if self.batch_size == 1:
+            fast = self._numpy()
+            if fast is not None:
+                label, weight = _label(y), _weight(w)
+                self._memo.entry = None
+                fast.learn(self, x, label, weight)
+                return
         event = (parse_features(x, self._log_numeric), _label(y), _weight(w))
         if self.batch_size == 1:
             self._learn_events([event])
@@ -627,11 +659,21 @@ class CTRClassifier(base.MiniBatchClassifier):
             raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
         if not len(X):
             return
-        labels = [_label(v) for v in (y.tolist() if hasattr(y, "tolist") else list(y))]
+        if isinstance(y, pd.Series) and y.dtype == bool:
+            labels = y.to_numpy(dtype=np.float32)  # nothing to check, and no per-label Python call
+        else:
+            labels = [_label(v) for v in (y.tolist() if hasattr(y, "tolist") else list(y))]
         if isinstance(w, pd.Series):
             if len(w) != len(X):
                 raise ValueError(f"X has {len(X)} rows but w has {len(w)}")
-            weights = [_weight(v) for v in w.tolist()]
+            if w.dtype.kind in "iuf":
+                arr = w.to_numpy(dtype=np.float64)
+                bad = ~(np.isfinite(arr) & (arr >= 0))
+                if bad.any():
+                    _weight(float(arr[int(np.argmax(bad))]))  # raises, naming the first bad weight
+                weights = arr
+            else:
+                weights = [_weight(v) for v in w.tolist()]
         else:
             weights = [_weight(w)] * len(X)
         # Validate the whole frame before flushing or registering anything.
@@ -641,8 +683,8 @@ class CTRClassifier(base.MiniBatchClassifier):
         self._step(
             ids,
             vals,
-            torch.tensor(labels, dtype=torch.float32, device=self._device),
-            torch.tensor(weights, dtype=torch.float32, device=self._device),
+            torch.as_tensor(labels, dtype=torch.float32, device=self._device),
+            torch.as_tensor(weights, dtype=torch.float32, device=self._device),
         )
 
     # ----------------------------------------------------------- prediction
@@ -653,7 +695,14 @@ class CTRClassifier(base.MiniBatchClassifier):
 
     @_locked
     def predict_proba_one(self, x: dict) -> dict[Hashable, float]:
-        ids, vals = self._tensors([parse_features(x, self._log_numeric)], learn=False)
+        parsed = parse_features(x, self._log_numeric)
+        fast = self._numpy()
+        if fast is not None:
+            p = fast.predict(self, x, parsed)
+            if p != p:
+                p = float(_no_nan(np.array([p]))[0])
+            return {False: 1.0 - p, True: p}
+        ids, vals = self._tensors([parsed], learn=False)
         net = self.model_
         if net.supports_manual_grad:
             with torch.no_grad():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import decimal
 import math
 import pickle
+import re
 
 import numpy as np
 import pandas as pd
@@ -173,7 +174,10 @@ def test_nan_in_a_frame_is_missing_like_an_absent_key():
     clf = _trained(model="fm")
     X = pd.DataFrame({"user_id": ["u1", None], "price": [math.nan, 3.0]})
     p = clf.predict_proba_many(X)[True].tolist()
-    assert p == [clf.predict_proba_one({"user_id": "u1"})[True], clf.predict_proba_one({"price": 3.0})[True]]
+    # predict_proba_one runs the NumPy twin of the frame's torch path: equal to 1e-6.
+    one = [clf.predict_proba_one({"user_id": "u1"})[True], clf.predict_proba_one({"price": 3.0})[True]]
+    assert p == pytest.approx(one, abs=1e-6)
+    assert p[0] != pytest.approx(p[1], abs=1e-3)
 
 
 def test_clip_numeric_bounds_outliers_by_a_robust_running_scale():
@@ -206,3 +210,31 @@ def test_an_overflowing_prediction_is_one_half_with_a_warning():
     assert p == {False: 0.5, True: 0.5}
     with pytest.warns(RuntimeWarning, match="NaN"):
         assert clf.predict_proba_many(pd.DataFrame({"a": [1.0], "b": [1.0]}))[True].tolist() == [0.5]
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf])
+def test_a_bad_weight_in_a_frame_is_named_and_changes_nothing(bad):
+    clf = _trained(model="fm")
+    X = pd.DataFrame([x for x, _ in EVENTS[101:111]])
+    y = pd.Series([y for _, y in EVENTS[101:111]])
+    w = pd.Series([1.0] * 9 + [bad])
+    before = pickle.dumps(clf)
+    with pytest.raises(ValueError, match="sample weight must be finite and >= 0, got " + re.escape(repr(bad))):
+        clf.learn_many(X, y, w)
+    assert pickle.dumps(clf) == before
+
+
+def test_frame_labels_and_weights_of_any_spelling_learn_the_same_model():
+    X = pd.DataFrame([x for x, _ in EVENTS[:64]])
+    labels = [y for _, y in EVENTS[:64]]
+    weights = [float(i % 3) for i in range(64)]
+    models = []
+    for y, w in [
+        (pd.Series(labels), pd.Series(weights)),  # bool labels, float weights: the vectorised path
+        (pd.Series([int(v) for v in labels], dtype=object), pd.Series(weights, dtype=object)),
+    ]:
+        clf = CTRClassifier(model="fm", seed=1)
+        clf.learn_many(X, y, w)
+        models.append(clf.model_.state_dict())
+    for k in models[0]:
+        assert torch.equal(models[0][k], models[1][k]), k

@@ -53,8 +53,9 @@ def test_manual_gradients_match_autograd(name, batch):
         assert torch.allclose(grads[pname], p.grad, atol=1e-5, rtol=1e-5), pname
 
 
+@pytest.mark.parametrize("use_numpy", [True, False], ids=["numpy", "torch"])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_reusing_the_prediction_forward_pass_changes_nothing(name):
+def test_reusing_the_prediction_forward_pass_changes_nothing(name, use_numpy):
     import pickle
 
     from helpers import pair_stream
@@ -63,14 +64,22 @@ def test_reusing_the_prediction_forward_pass_changes_nothing(name):
 
     with_predict = CTRClassifier(model=name, max_rows=15)
     learn_only = CTRClassifier(model=name, max_rows=15)
+    with_predict._use_numpy = learn_only._use_numpy = use_numpy
+    numpy_twin = with_predict._numpy() is not None
+    assert numpy_twin == (use_numpy and name != "dcnv2")  # DCN-v2 has no NumPy twin
+
+    def memo():
+        return with_predict._memo.numpy.entry if numpy_twin else with_predict._memo.entry
+
     for x, y in pair_stream(300, seed=4):
         with_predict.predict_proba_one(x)
         with_predict.learn_one(x, y)
         learn_only.learn_one(x, y)
-    assert with_predict._memo.entry is None  # consumed by learn_one
+    assert memo() is None  # consumed by learn_one
     with_predict.predict_proba_one({"a": "a1"})
-    assert with_predict._memo.entry is not None
-    assert pickle.loads(pickle.dumps(with_predict))._memo.entry is None
+    assert memo() is not None
+    restored = pickle.loads(pickle.dumps(with_predict))
+    assert restored._memo.entry is None and restored._memo.numpy is None
     for (n1, t1), (n2, t2) in zip(
         with_predict.model_.state_dict().items(), learn_only.model_.state_dict().items()
     ):

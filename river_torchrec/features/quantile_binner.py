@@ -41,6 +41,12 @@ class QuantileBinner(base.MiniBatchTransformer):
     fixed function. The snapshot is sorted, because P² estimates of neighbouring quantiles can
     cross on small samples.
 
+    **Training and serving see the same bins.** `transform_one` is pure and bins with the
+    snapshot taken *before* it is called. The transformer reports `_supervised = True` (the
+    label is ignored), so a river `Pipeline` transforms each event before learning it, as at
+    prediction time; otherwise, on the event that triggers a refresh, the model downstream
+    would learn from other bins than it predicted with.
+
     **Cold start.** Until a field's first snapshot (fewer than `warm_up` values learned, or a
     field never seen), every value of that field goes to the bin `"q?"`.
 
@@ -171,7 +177,13 @@ class QuantileBinner(base.MiniBatchTransformer):
         if quantiles is not None:
             self._counts[field] = count
 
-    def learn_one(self, x: dict[base.typing.FeatureName, Any]) -> None:
+    @property
+    def _supervised(self) -> bool:
+        # Not about labels: river pipelines transform supervised steps *before* learning them,
+        # so an event is binned with the edges in force before it was learned.
+        return True
+
+    def learn_one(self, x: dict[base.typing.FeatureName, Any], y: Any = None) -> None:
         if self._fields is None:
             items = [(f, v) for f, v in x.items() if self._learnable(v)]
         else:
@@ -182,7 +194,7 @@ class QuantileBinner(base.MiniBatchTransformer):
         for field, value in items:
             self._learn_values(field, (value,))
 
-    def learn_many(self, X: pd.DataFrame) -> None:
+    def learn_many(self, X: pd.DataFrame, y: pd.Series | None = None) -> None:
         # Fields are independent, so learning column by column, in row order, reaches the same
         # state as a learn_one loop over the rows.
         columns = {col: X[col].tolist() for col in self._columns(X)}

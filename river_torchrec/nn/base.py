@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from river_torchrec.nn.embedding import DynamicEmbedding
+from river_torchrec.nn.mlp import MLP
 
 __all__ = ["CTRModel", "pad_parameter"]
 
@@ -42,6 +44,11 @@ class CTRModel(nn.Module):
     autograd, whose bookkeeping dominates the cost of a one-event step. The built-in models
     do, and their hand-written gradients are tested against autograd.
 
+    Models whose logit is made of the usual terms list them in ``numpy_terms`` and get a
+    one-event NumPy twin of that pair (:meth:`numpy_forward` / :meth:`numpy_backward`),
+    which the estimator uses for ``batch_size=1`` on CPU: on a single event a NumPy
+    operation costs about a microsecond against several for a torch one.
+
     Parameters
     ----------
     embedding_dim
@@ -53,6 +60,10 @@ class CTRModel(nn.Module):
 
     uses_linear: bool = True
     supports_manual_grad: bool = False
+    #: Terms of the logit besides the bias, for the NumPy twin: ``"linear"`` (first-order
+    #: weights), ``"fm"`` (pairwise factor interactions) and ``"mlp"`` (``self.mlp`` over the
+    #: concatenated scaled factors). None: no twin (the torch path is always used).
+    numpy_terms: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, embedding_dim: int = 8, table: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -118,3 +129,58 @@ class CTRModel(nn.Module):
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """Gradients given ``d loss / d logits``: ``({param name: grad}, touched rows, row grads)``."""
         raise TypeError(f"{type(self).__name__} has no manual gradients; use autograd")
+
+    # ------------------------------------------------- one-event NumPy twin
+
+    def numpy_plan(self) -> list[tuple[str, str, bool]]:
+        """The layers of the deep part, as :meth:`MLP.numpy_plan` gives them (empty without one)."""
+        return self.mlp.numpy_plan("mlp.") if "mlp" in (self.numpy_terms or ()) else []
+
+    def numpy_forward(
+        self, plan: list[tuple[str, str, bool]], arrays: dict[str, np.ndarray], rows: np.ndarray, values: np.ndarray
+    ) -> tuple[float, tuple]:
+        """The logit of one event and what :meth:`numpy_backward` needs.
+
+        ``arrays`` holds NumPy views of the dense parameters by name, ``rows`` the event's
+        ``[n_fields, width]`` float32 table rows and ``values`` its ``[n_fields]`` values.
+        The same arithmetic as :meth:`forward_cached`, in float32 but for the final sum.
+        """
+        terms = self.numpy_terms or ()
+        logit = float(arrays["bias"])
+        if "linear" in terms:
+            logit += float(rows[:, 0] @ values)
+        factors = total = acts = None
+        if "fm" in terms or "mlp" in terms:
+            factors = rows[:, 1:] * values[:, None]
+        if "fm" in terms:
+            total = factors.sum(axis=0)
+            logit += 0.5 * float(total @ total - np.vdot(factors, factors))
+        if "mlp" in terms:
+            out, acts = MLP.numpy_forward(plan, arrays, factors.reshape(-1))
+            logit += float(out[0])
+        return logit, (values, factors, total, acts)
+
+    def numpy_backward(
+        self,
+        plan: list[tuple[str, str, bool]],
+        arrays: dict[str, np.ndarray],
+        grads: dict[str, np.ndarray],
+        cache: tuple,
+        d_logit: float,
+    ) -> np.ndarray:
+        """Write the dense gradients into ``grads`` and return the ``[n_fields, width]`` gradients
+        of the event's rows (one per position; positions sharing a row are summed by the caller)."""
+        values, factors, total, acts = cache
+        terms = self.numpy_terms or ()
+        d_rows = np.zeros((len(values), self.embedding.dim), dtype=np.float32)
+        if "linear" in terms:
+            np.multiply(values, np.float32(d_logit), out=d_rows[:, 0])
+        if factors is not None:
+            d_factors = np.float32(d_logit) * (total - factors) if "fm" in terms else None
+            if "mlp" in terms:
+                d_flat = MLP.numpy_backward(plan, arrays, grads, acts, np.array([d_logit], dtype=np.float32))
+                d_flat = d_flat.reshape(factors.shape)
+                d_factors = d_flat if d_factors is None else d_factors + d_flat
+            np.multiply(d_factors, values[:, None], out=d_rows[:, 1:])
+        grads["bias"][...] = d_logit
+        return d_rows

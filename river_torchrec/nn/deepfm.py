@@ -38,6 +38,7 @@ class DeepFM(CTRModel):
     """
 
     supports_manual_grad = True
+    numpy_terms = ("linear", "fm", "mlp")
 
     def __init__(
         self,

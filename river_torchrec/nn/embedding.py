@@ -237,6 +237,19 @@ class DynamicEmbedding(nn.Module):
             self._init_rows(torch.tensor(self._recycled, device=self.weight.device))
         return out
 
+    def peek(self, keys: Sequence[Key]) -> tuple[list[int], bool]:
+        """``lookup(keys, learn=False)`` and whether every key has a row of its own.
+
+        When it does (and ``max_rows`` is None, so that learning does not refresh recency),
+        ``lookup(keys, learn=True)`` would return the same rows and change nothing.
+        """
+        if self.mode == "hash":
+            return self.lookup(keys, learn=False), True
+        found = [self._rows.get(k) for k in keys]
+        if None not in found:
+            return found, True
+        return self.lookup(keys, learn=False), False
+
     def _admit(self, key: Key, n: int) -> bool:
         count = self._pending.get(key, 0) + n
         if count >= self.min_count:

@@ -45,6 +45,7 @@ class FM(CTRModel):
     """
 
     supports_manual_grad = True
+    numpy_terms = ("linear", "fm")
 
     def __init__(self, embedding_dim: int = 8, table: dict[str, Any] | None = None, **_: Any) -> None:
         super().__init__(embedding_dim=embedding_dim, table=table)

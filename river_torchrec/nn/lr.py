@@ -33,6 +33,7 @@ class LogisticRegression(CTRModel):
 
     uses_linear = True
     supports_manual_grad = True
+    numpy_terms = ("linear",)
 
     def __init__(self, embedding_dim: int = 0, table: dict[str, Any] | None = None, **_: Any) -> None:
         super().__init__(embedding_dim=0, table=table)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import math
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -106,3 +107,42 @@ class MLP(nn.Module):
             grads[f"{prefix}layers.{idx}.bias"] = d.sum(0)
             d = d @ layer.weight
         return d, grads
+
+    # ------------------------------------------------- one-event NumPy twin
+
+    def numpy_plan(self, prefix: str) -> list[tuple[str, str, bool]]:
+        """``(weight name, bias name, followed by a ReLU)`` of each linear layer, first to last."""
+        return [(f"{prefix}layers.{i}.weight", f"{prefix}layers.{i}.bias", relu) for i, _, relu in self._linears()]
+
+    @staticmethod
+    def numpy_forward(
+        plan: list[tuple[str, str, bool]], arrays: dict[str, np.ndarray], x: np.ndarray
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """:meth:`forward_cached` for one event as a 1-D float32 array, on NumPy views of the weights."""
+        acts = [x]
+        for w, b, relu in plan:
+            x = arrays[w] @ x + arrays[b]
+            if relu:
+                np.maximum(x, 0, out=x)
+            acts.append(x)
+        return x, acts
+
+    @staticmethod
+    def numpy_backward(
+        plan: list[tuple[str, str, bool]],
+        arrays: dict[str, np.ndarray],
+        grads: dict[str, np.ndarray],
+        acts: list[np.ndarray],
+        d_out: np.ndarray,
+    ) -> np.ndarray:
+        """:meth:`backward_cached` for one event: writes each layer's gradients into ``grads``
+        (preallocated arrays of the parameters' shapes) and returns the input's gradient."""
+        d = d_out
+        for j in range(len(plan) - 1, -1, -1):
+            w, b, relu = plan[j]
+            if relu:
+                d = d * (acts[j + 1] > 0)
+            np.multiply(d[:, None], acts[j], out=grads[w])  # the outer product, without np.outer's checks
+            np.copyto(grads[b], d)
+            d = d @ arrays[w]
+        return d

@@ -41,6 +41,7 @@ class WideAndDeep(CTRModel):
     """
 
     supports_manual_grad = True
+    numpy_terms = ("linear", "mlp")
 
     def __init__(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from river_torchrec.optim.base import DenseGrad, Updater
@@ -67,6 +68,17 @@ class Adagrad(Updater):
             raise ValueError(f"initial_accumulator_value must be >= 0, got {initial_accumulator_value!r}")
         self.eps = eps
         self.initial_accumulator_value = initial_accumulator_value
+
+    numpy_state = {"sum_sq": 0.0}
+
+    def _numpy_update(self, param, grad, state, lr):
+        sum_sq = grad * grad
+        sum_sq += state["sum_sq"]
+        std = np.sqrt(sum_sq + self.initial_accumulator_value if self.initial_accumulator_value else sum_sq)
+        std += self.eps
+        step = lr * grad
+        step /= std
+        return np.subtract(param, step, out=step), {"sum_sq": sum_sq}
 
     def _dense_steps(self, dense: Sequence[DenseGrad], lr: float) -> None:
         # The same element-wise arithmetic as _dense_step, one kernel per operation for all tensors.
@@ -151,6 +163,17 @@ class RowWiseAdagrad(Adagrad):
         super().__init__(
             lr=lr, eps=eps, initial_accumulator_value=initial_accumulator_value, clip_norm=clip_norm
         )
+
+    numpy_state = {"sum_sq": 0.0}
+
+    def _numpy_row_state(self, name, table):
+        return {"sum_sq_row": self._row_buffer(name, "sum_sq_row", table)}
+
+    def _numpy_row_update(self, rows, grad, state, lr):
+        s = state["sum_sq_row"] + (grad * grad).mean(axis=1)
+        std = np.sqrt(s + self.initial_accumulator_value if self.initial_accumulator_value else s)
+        std += self.eps
+        return rows - lr * grad / std[:, None], {"sum_sq_row": s}
 
     def _sparse_step(
         self, name: str, table: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, lr: float

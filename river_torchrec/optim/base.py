@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 from river import base
 
@@ -70,6 +71,13 @@ class Updater(base.Base, abc.ABC):
     #: Name of the ``__init__`` argument that sets the base learning rate
     #: (``make_updater(name, lr)`` passes ``lr`` under this name).
     lr_name: ClassVar[str] = "lr"
+
+    #: The per-coordinate state of the NumPy twin of :meth:`step`, ``{key: initial value}``
+    #: (``{}``: stateless), or None without a twin. The estimator takes one-event steps on
+    #: CPU with the twin. Only a class that declares it in its own body has a twin, so a
+    #: subclass that changes the arithmetic falls back to :meth:`step` unless it declares
+    #: (and implements) its own.
+    numpy_state: ClassVar[dict[str, float] | None] = None
 
     def __init__(self, lr: float, clip_norm: float | None = None) -> None:
         if not (math.isfinite(lr) and lr >= 0):
@@ -177,6 +185,30 @@ class Updater(base.Base, abc.ABC):
         since a one-event step is dominated by per-tensor dispatch, not arithmetic."""
         for d in dense:
             self._dense_step(d.name, d.param, d.grad, lr)
+
+    # ------------------------------------------------------ NumPy twin
+
+    @property
+    def has_numpy_twin(self) -> bool:
+        """Whether this very class implements the NumPy twin of its step."""
+        return type(self).__dict__.get("numpy_state") is not None
+
+    def _numpy_update(
+        self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], lr: float
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """New values of ``param`` and of its ``state`` after one step, computed out of place
+        (nothing is written): the arithmetic of ``_dense_step``, on float32 arrays."""
+        raise TypeError(f"{type(self).__name__} has no NumPy twin")
+
+    def _numpy_row_state(self, name: str, table: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The state tensors of table ``name`` that :meth:`_numpy_row_update` reads, by key."""
+        return {key: self._buffer(name, key, table, fill) for key, fill in (self.numpy_state or {}).items()}
+
+    def _numpy_row_update(
+        self, rows: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], lr: float
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """:meth:`_numpy_update` for touched table rows (``state`` gathered at those rows)."""
+        return self._numpy_update(rows, grad, state, lr)
 
     @abc.abstractmethod
     def _dense_step(self, name: str, param: torch.Tensor, grad: torch.Tensor, lr: float) -> None:

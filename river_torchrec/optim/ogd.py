@@ -40,6 +40,11 @@ class OGD(Updater):
     def __init__(self, lr: float = 0.003, clip_norm: float | None = None) -> None:
         super().__init__(lr=lr, clip_norm=clip_norm)
 
+    numpy_state = {}
+
+    def _numpy_update(self, param, grad, state, lr):
+        return param - lr * grad, {}
+
     def _dense_steps(self, dense: Sequence[DenseGrad], lr: float) -> None:
         torch._foreach_add_([d.param for d in dense], [d.grad for d in dense], alpha=-lr)
 

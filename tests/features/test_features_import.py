@@ -64,13 +64,13 @@ def test_all_exports_the_six_transformers():
 
 
 def test_supervised_flags():
-    # DecayedCTREncoder learns from labels. FrequencyFilter and TimeContext ignore labels but say
-    # they are supervised so that river pipelines transform them before learning them.
+    # DecayedCTREncoder learns from labels. FrequencyFilter, TimeContext and QuantileBinner ignore
+    # labels but say they are supervised so that river pipelines transform them before learning them.
     assert isinstance(features.DecayedCTREncoder(["a"]), base.SupervisedTransformer)
     assert isinstance(features.DecayedCTREncoder(["a"]), base.MiniBatchSupervisedTransformer)
-    for cls in (features.FrequencyFilter, features.TimeContext):
+    for cls in (features.FrequencyFilter, features.TimeContext, features.QuantileBinner):
         assert cls()._supervised
         assert isinstance(cls(), base.MiniBatchTransformer)
-    for cls in (features.LogBucketizer, features.QuantileBinner):
+    for cls in (features.LogBucketizer,):
         assert not cls()._supervised
     assert not features.FeatureCrosser([("a", "b")])._supervised

@@ -147,3 +147,28 @@ def test_bad_value_in_named_field(bad):
 def test_bad_params(params, error):
     with pytest.raises(error):
         QuantileBinner(**params)
+
+def test_a_pipeline_learns_each_event_with_the_bins_it_predicted_with():
+    from river import base as river_base
+    from river import compose
+
+    class Recorder(river_base.Classifier):
+        def __init__(self):
+            self.seen = []
+
+        def learn_one(self, x, y):
+            self.seen.append(("learn", x["v"]))
+
+        def predict_proba_one(self, x):
+            self.seen.append(("predict", x["v"]))
+            return {True: 0.5, False: 0.5}
+
+    recorder = Recorder()
+    pipeline = compose.Pipeline(QuantileBinner(n_bins=2, warm_up=3, refresh_every=1), recorder)
+    for v in [1.0, 2.0, 3.0, 4.0, 5.0]:
+        pipeline.predict_proba_one({"v": v})
+        pipeline.learn_one({"v": v}, True)
+    predicted = [v for what, v in recorder.seen if what == "predict"]
+    learned = [v for what, v in recorder.seen if what == "learn"]
+    assert predicted == learned
+    assert predicted[:3] == ["q?"] * 3 and predicted[3] in ("q0", "q1")
