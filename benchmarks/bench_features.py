@@ -13,12 +13,10 @@ each row.
 
 Progressive validation of a pipeline is leakage-free with river 0.26's ``Pipeline``:
 ``predict_proba_one`` only calls ``transform_one`` on the transformers, and ``learn_one``
-transforms each *supervised* step (``DecayedCTREncoder``, and ``FrequencyFilter`` and
-``TimeContext``, which report ``_supervised = True`` for this reason) before learning it, so
-the model learns from the very features it predicted with and no encoder sees the current
-label before the prediction. Unsupervised steps (``QuantileBinner``) learn ``x`` before
-transforming it in ``learn_one``; no label is involved, and the only effect is that on the
-event where a field's bin edges are refreshed the model learns from the new bins.
+transforms each *supervised* step (``DecayedCTREncoder``, and ``FrequencyFilter``,
+``TimeContext`` and ``QuantileBinner``, which report ``_supervised = True`` for this reason)
+before learning it, so the model learns from the very features it predicted with and no
+encoder sees the current label before the prediction. The other steps are stateless.
 ``compose.learn_during_predict()`` is not used: it is a class-wide switch, and the default is
 what users get.
 """

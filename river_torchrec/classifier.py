@@ -159,7 +159,7 @@ class CTRClassifier(base.MiniBatchClassifier):
         ``"dynamic"`` mode: bound on the rows, evicting the least recently used ones.
     optimizer
         An updater from :mod:`river_torchrec.optim` or a name (``"adagrad"``, ``"adam"``,
-        ``"ftrl"``, ``"sgd"``, ...). The default, Adagrad at lr 0.01, won the documented sweep
+        ``"ftrl"``, ``"sgd"``, ...). The default, Adagrad at lr 0.02, won the documented sweep
         of ``benchmarks/bench_updaters.py`` on the synthetic stream and the Criteo sample.
     lr
         Learning rate when ``optimizer`` is a name (the updater's default otherwise).
@@ -683,8 +683,9 @@ class CTRClassifier(base.MiniBatchClassifier):
         self._step(
             ids,
             vals,
-            torch.as_tensor(labels, dtype=torch.float32, device=self._device),
-            torch.as_tensor(weights, dtype=torch.float32, device=self._device),
+            # torch.tensor copies: pandas may hand out read-only arrays.
+            torch.tensor(labels, dtype=torch.float32, device=self._device),
+            torch.tensor(weights, dtype=torch.float32, device=self._device),
         )
 
     # ----------------------------------------------------------- prediction

@@ -56,7 +56,7 @@ class Adagrad(Updater):
 
     def __init__(
         self,
-        lr: float = 0.01,
+        lr: float = 0.02,
         eps: float = 1e-10,
         initial_accumulator_value: float = 0.0,
         clip_norm: float | None = None,
