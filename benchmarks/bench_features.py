@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 import torch
 from river import compose
-from sklearn.metrics import roc_auc_score
 
 from river_torchrec import CTRClassifier, datasets
 from river_torchrec.features import (
@@ -52,6 +51,9 @@ from river_torchrec.features import (
 )
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from peers.scores import auc, logloss  # noqa: E402
 DATASETS = ("synthetic", "criteo", "avazu", "movielens")
 QUICK_EVENTS = 1_000
 SYNTHETIC_EVENTS = 50_000
@@ -298,16 +300,6 @@ def load_events(name: str, data: pathlib.Path | None, limit: int | None, seed: i
 
 
 # ------------------------------------------------------------------ measuring
-
-
-def logloss(y: np.ndarray, p: np.ndarray) -> float:
-    # Clipped as river's metrics.LogLoss clips.
-    p = np.clip(p, 1e-15, 1 - 1e-15)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
-def auc(y: np.ndarray, p: np.ndarray) -> float:
-    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
 
 
 def progressive(model: Any, events: list[tuple[dict, bool]]) -> tuple[np.ndarray, float]:

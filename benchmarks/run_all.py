@@ -41,13 +41,13 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from peers.models import VW_ARGS  # noqa: E402
+from peers.scores import auc, logloss  # noqa: E402
 
 WORKER = HERE / "peers" / "worker.py"
 DEEP_RIVER_RUNNER = HERE / "peers" / "deep_river_runner.py"
@@ -117,16 +117,6 @@ def write_jsonl(events: list, path: pathlib.Path) -> None:
 
 
 # ------------------------------------------------------------------ measurements
-
-
-def logloss(y: np.ndarray, p: np.ndarray) -> float:
-    # Clipped as river's metrics.LogLoss clips.
-    p = np.clip(p, 1e-15, 1 - 1e-15)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
-def auc(y: np.ndarray, p: np.ndarray) -> float:
-    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
 
 
 def resolved(params: dict) -> dict:

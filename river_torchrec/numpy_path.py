@@ -139,7 +139,7 @@ class NumpyPath:
     """The NumPy twin of :class:`~river_torchrec.CTRClassifier`'s one-event steps.
 
     Holds no learned state of its own, only views: the estimator keeps it in its
-    never-pickled memo. :meth:`usable` says when the twin applies; the estimator
+    never-pickled memo. :meth:`applies` says when the twin applies; the estimator
     falls back to the torch path otherwise.
 
     The model must declare ``numpy_terms`` and the updater ``numpy_state`` in their own

@@ -1,4 +1,4 @@
-"""Small streams the tests generate themselves."""
+"""Small streams the tests generate themselves, and helpers for the benchmark smoke tests."""
 
 from __future__ import annotations
 
@@ -15,3 +15,24 @@ def pair_stream(n: int, seed: int = 0):
         p = 1 / (1 + pow(2.718281828, -logit))
         x = {"a": f"a{a}", "b": f"b{b}", "c": f"c{c}", "noise": rng.random()}
         yield x, rng.random() < p
+
+
+def load_script(path, name: str):
+    """Import a script (a benchmark) as a module, without running its ``main``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def markdown_rows(stdout: str, first_header: str) -> dict[str, list[str]]:
+    """First cell -> the other cells of every row of the markdown tables in ``stdout``."""
+    rows = {}
+    for line in stdout.splitlines():
+        if not line.startswith("| ") or line.startswith(f"| {first_header}") or line.startswith("| ---"):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows

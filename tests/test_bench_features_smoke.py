@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
 import pathlib
 import subprocess
@@ -11,30 +10,22 @@ import sys
 
 import numpy as np
 import pytest
-from river import base, compose, metrics
+from river import base, compose
 
 from river_torchrec.features import DecayedCTREncoder, FrequencyFilter
+
+from helpers import load_script, markdown_rows
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "bench_features.py"
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_features", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "bench_features")
 
 
 def _table_rows(stdout: str) -> dict[str, list[str]]:
-    """Pipeline label -> cells of the rows of the printed markdown tables."""
-    rows = {}
-    for line in stdout.splitlines():
-        if not line.startswith("| ") or line.startswith("| pipeline") or line.startswith("| ---"):
-            continue
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[0]] = cells[1:]
-    return rows
+    return markdown_rows(stdout, "pipeline")
 
 
 class _Recorder(base.Classifier):
@@ -90,22 +81,6 @@ def test_missing_data_is_skipped(tmp_path):
     events, what = bench.load_events("criteo", tmp_path, 10, 42)
     assert events is None
     assert what.startswith("skipped:") and "criteo_dac_head10k.csv.gz" in what
-
-
-def test_logloss_and_auc_agree_with_river_and_pairs():
-    bench = _load_bench()
-    rng = np.random.default_rng(0)
-    y = rng.random(400) < 0.3
-    p = np.clip(rng.random(400) * 0.6 + 0.2 * y, 0, 1)
-    p[0] = 0.0  # clipped, as river clips
-    river_ll = metrics.LogLoss()
-    for t, q in zip(y, p):
-        river_ll.update(bool(t), {True: float(q), False: 1 - float(q)})
-    assert math.isclose(bench.logloss(y.astype(float), p), river_ll.get(), rel_tol=1e-9)
-    # Exact AUC: the share of (positive, negative) pairs ranked right, ties counting half.
-    pos, neg = p[y], p[~y]
-    pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
-    assert math.isclose(bench.auc(y.astype(float), p), pairs, rel_tol=1e-12)
 
 
 def test_pipeline_encoder_never_sees_the_label_it_predicts():

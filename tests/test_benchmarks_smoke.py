@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import pathlib
@@ -12,6 +11,8 @@ import sys
 import numpy as np
 import pytest
 from river import facto, metrics
+
+from helpers import load_script, markdown_rows
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUN_ALL = REPO / "benchmarks" / "run_all.py"
@@ -23,21 +24,11 @@ RIVER = ("river LogisticRegression", "river FMClassifier", "river FFMClassifier"
 
 
 def _load_run_all():
-    spec = importlib.util.spec_from_file_location("run_all", RUN_ALL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(RUN_ALL, "run_all")
 
 
 def _table_rows(stdout: str) -> dict[str, list[str]]:
-    """Model label -> cells of the rows of the printed markdown tables."""
-    rows = {}
-    for line in stdout.splitlines():
-        if not line.startswith("| ") or line.startswith("| model") or line.startswith("| ---"):
-            continue
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[0]] = cells[1:]
-    return rows
+    return markdown_rows(stdout, "model")
 
 
 @pytest.fixture(scope="module")
