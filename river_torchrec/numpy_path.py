@@ -48,6 +48,14 @@ def _bce(z: float, y: float) -> float:
     return max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
 
 
+def _table_weight(net: CTRModel) -> torch.Tensor:
+    """``net.embedding.weight``, read from the modules' own dicts when it is there: torch's
+    ``Module.__getattr__`` is a Python function, and this runs twice per event."""
+    table = net._modules.get("embedding")
+    weight = table._buffers.get("weight") if table is not None else None
+    return weight if weight is not None else net.embedding.weight
+
+
 def _finite(arrays: list[np.ndarray]) -> bool:
     """True when no array holds a NaN or an infinity."""
     for a in arrays:
@@ -72,7 +80,10 @@ class _Prediction:
 class _Layout:
     """The flat dense parameters of one model (and the updater state for them), as NumPy views."""
 
-    __slots__ = ("net", "params", "updater", "ptrs", "flat", "arrays", "grads", "grad_flat", "state", "plan")
+    __slots__ = (
+        "net", "params", "updater", "ptrs", "flat", "arrays", "grads", "grad_flat", "state", "plan",
+        "dense_state", "checks",
+    )
 
     def __init__(self, clf: CTRClassifier) -> None:
         net = clf.model_
@@ -104,6 +115,9 @@ class _Layout:
                 updater._state[n][key] = view
                 views.append((n, view))
             self.state[key] = (state_flat.numpy(), views)
+        self.dense_state = {key: flat for key, (flat, _) in self.state.items()}
+        # (parameter name, state key, the view the updater must still hold there)
+        self.checks = [(n, key, view) for key, (_, views) in self.state.items() for n, view in views]
         self.plan = net.numpy_plan()
 
     def valid(self, clf: CTRClassifier, with_state: bool) -> bool:
@@ -116,11 +130,10 @@ class _Layout:
                 return False
         if with_state:
             state = self.updater._state
-            for key, (_, views) in self.state.items():
-                for n, view in views:
-                    slots = state.get(n)
-                    if slots is None or slots.get(key) is not view:
-                        return False
+            for n, key, view in self.checks:
+                slots = state.get(n)
+                if slots is None or slots.get(key) is not view:
+                    return False
         return True
 
     def unflatten(self) -> None:
@@ -160,11 +173,19 @@ class NumpyPath:
     def applies(self, clf: CTRClassifier) -> bool:
         """Whether the twin applies to the estimator's model, updater and settings now."""
         net = clf.model_
-        weight = net.embedding.weight
-        key = (net, clf._updater, weight, clf.batch_size, clf._grad_hook)
+        weight = _table_weight(net)
         cached = self._applies
-        if cached is not None and all(a is b for a, b in zip(cached[0], key)):
-            return cached[1]
+        if cached is not None:
+            k = cached[0]
+            if (
+                k[0] is net
+                and k[1] is clf._updater
+                and k[2] is weight
+                and k[3] == clf.batch_size
+                and k[4] is clf._grad_hook
+            ):
+                return cached[1]
+        key = (net, clf._updater, weight, clf.batch_size, clf._grad_hook)
         ok = (
             clf.batch_size == 1
             and clf._grad_hook is None
@@ -226,6 +247,24 @@ class NumpyPath:
             net.add_fields(len(enc))
             rows = clf._lookup(keys, True) if keys else []
         else:
+            table = net._modules.get("embedding") or net.embedding
+            if table.mode != "hash" and clipper is None and table.max_rows is None:
+                # The common case in one pass: every field and value known (a learned
+                # event's lookup would then find these rows and change nothing).
+                slot_of, row_of = enc.slots, table._rows
+                n_fields = net.n_fields
+                ids, vals = [PADDING_ROW] * n_fields, [0.0] * n_fields
+                for field, key, value in parsed:
+                    slot = slot_of.get(field)
+                    if slot is None:
+                        break
+                    row = row_of.get((field, key))
+                    if row is None:
+                        break
+                    ids[slot] = row
+                    vals[slot] = value
+                else:
+                    return ids, vals, True
             # Nothing is allocated when predicting, so the order does not matter (no sort).
             slot_of = enc.slots
             slots, keys, values = [], [], []
@@ -256,7 +295,7 @@ class NumpyPath:
             # No flat layout before the first step: prediction must not create updater state.
             plan = net.numpy_plan()
             arrays = {n: p.detach().numpy() for n, p in clf._trainable()}
-        rows = self._table_view(net.embedding.weight)[ids]
+        rows = self._table_view(_table_weight(net))[ids]
         with np.errstate(all="ignore"):  # an overflowing logit predicts 0.5, with the torch path's warning
             logit, cache = net.numpy_forward(plan, arrays, rows, np.array(vals, dtype=np.float32))
         types = tuple(map(type, x.values())) if known else None
@@ -305,7 +344,7 @@ class NumpyPath:
         """Compute the step out of place and write it if every value is finite; else say why not."""
         net: CTRModel = clf.model_
         updater = clf._updater
-        weight = net.embedding.weight
+        weight = _table_weight(net)
         table = self._table_view(weight)
         entry, self.entry = self.entry, None
         if (
@@ -342,7 +381,7 @@ class NumpyPath:
             grad, row_grad = grad * scale, row_grad * scale
 
         lr = updater.lr * (clf.scheduler.multiplier() if clf.scheduler is not None else 1.0)
-        dense_state = {key: flat for key, (flat, _) in lay.state.items()}
+        dense_state = lay.dense_state
         new_flat, new_state = updater._numpy_update(lay.flat, grad, dense_state, lr)
         row_state = self._row_state(clf, weight)
         new_rows, new_row_state = updater._numpy_row_update(

@@ -158,7 +158,7 @@ class CTRModel(nn.Module):
         if "mlp" in terms:
             out, acts = MLP.numpy_forward(plan, arrays, factors.reshape(-1))
             logit += float(out[0])
-        return logit, (values, factors, total, acts)
+        return logit, (values, factors, total, acts, rows.shape[1])
 
     def numpy_backward(
         self,
@@ -170,9 +170,9 @@ class CTRModel(nn.Module):
     ) -> np.ndarray:
         """Write the dense gradients into ``grads`` and return the ``[n_fields, width]`` gradients
         of the event's rows (one per position; positions sharing a row are summed by the caller)."""
-        values, factors, total, acts = cache
+        values, factors, total, acts, width = cache
         terms = self.numpy_terms or ()
-        d_rows = np.zeros((len(values), self.embedding.dim), dtype=np.float32)
+        d_rows = np.zeros((len(values), width), dtype=np.float32)
         if "linear" in terms:
             np.multiply(values, np.float32(d_logit), out=d_rows[:, 0])
         if factors is not None:
