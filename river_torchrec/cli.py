@@ -144,9 +144,9 @@ def _add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--optimizer",
-        default="adam",
+        default="adagrad",
         choices=_updater_names(),
-        help="updater of our models (default: adam); river's models keep their own SGD",
+        help="updater of our models (default: adagrad, CTRClassifier's); river's models keep their own SGD",
     )
     p.add_argument("--lr", type=float, default=None, help="learning rate of our models (default: the updater's)")
     p.add_argument(
