@@ -82,7 +82,7 @@ class _Layout:
 
     __slots__ = (
         "net", "params", "updater", "ptrs", "flat", "arrays", "grads", "grad_flat", "state", "plan",
-        "dense_state", "checks",
+        "dense_state", "checks", "scalars", "starts", "sizes",
     )
 
     def __init__(self, clf: CTRClassifier) -> None:
@@ -116,8 +116,26 @@ class _Layout:
                 views.append((n, view))
             self.state[key] = (state_flat.numpy(), views)
         self.dense_state = {key: flat for key, (flat, _) in self.state.items()}
+        # One float per parameter (Adam's step count), each parameter's 0-d state a view of it.
+        self.starts = np.array([a for a, _ in spans], dtype=np.intp)
+        self.sizes = np.array([b - a for a, b in spans], dtype=np.intp)
+        self.scalars: dict[str, tuple[np.ndarray, list[tuple[str, torch.Tensor]]]] = {}
+        for key, fill in updater.numpy_scalar_state.items():
+            bufs = [updater._buffer(n, key, torch.empty(()), fill) for n, _ in params]
+            scalar_flat = torch.stack([b.detach().reshape(()).float() for b in bufs]) if bufs else torch.zeros(0)
+            views = []
+            for i, (n, _) in enumerate(params):
+                view = scalar_flat[i]
+                updater._state[n][key] = view
+                views.append((n, view))
+            self.scalars[key] = (scalar_flat.numpy(), views)
         # (parameter name, state key, the view the updater must still hold there)
-        self.checks = [(n, key, view) for key, (_, views) in self.state.items() for n, view in views]
+        self.checks = [
+            (n, key, view)
+            for group in (self.state, self.scalars)
+            for key, (_, views) in group.items()
+            for n, view in views
+        ]
         self.plan = net.numpy_plan()
 
     def valid(self, clf: CTRClassifier, with_state: bool) -> bool:
@@ -142,10 +160,9 @@ class _Layout:
             for _, p in self.params:
                 p.data = p.data.clone()
         state = self.updater._state
-        for key, (_, views) in self.state.items():
-            for n, view in views:
-                if state.get(n, {}).get(key) is view:
-                    state[n][key] = view.clone()
+        for n, key, view in self.checks:
+            if state.get(n, {}).get(key) is view:
+                state[n][key] = view.clone()
 
 
 class NumpyPath:
@@ -156,8 +173,8 @@ class NumpyPath:
     falls back to the torch path otherwise.
 
     The model must declare ``numpy_terms`` and the updater ``numpy_state`` in their own
-    class bodies (the built-in LR, FM, DeepFM and Wide&Deep, and OGD, Adagrad and
-    RowWiseAdagrad do); the table must be float32 on CPU; ``batch_size`` must be 1 and no
+    class bodies (the built-in LR, FM, DeepFM and Wide&Deep, and OGD, Adagrad,
+    RowWiseAdagrad and Adam do); the table must be float32 on CPU; ``batch_size`` must be 1 and no
     distributed gradient hook may be set.
     """
 
@@ -382,7 +399,15 @@ class NumpyPath:
 
         lr = updater.lr * (clf.scheduler.multiplier() if clf.scheduler is not None else 1.0)
         dense_state = lay.dense_state
-        new_flat, new_state = updater._numpy_update(lay.flat, grad, dense_state, lr)
+        if lay.scalars:
+            dense_in = dict(dense_state)
+            for key, (values, _) in lay.scalars.items():
+                first = values[0] if len(values) else 0.0
+                # The same value for every parameter (the usual case) goes in as one number.
+                dense_in[key] = float(first) if (values == first).all() else np.repeat(values.astype(np.float64), lay.sizes)
+        else:
+            dense_in = dense_state
+        new_flat, new_state = updater._numpy_update(lay.flat, grad, dense_in, lr)
         row_state = self._row_state(clf, weight)
         new_rows, new_row_state = updater._numpy_row_update(
             rows, row_grad, {k: a[idx] for k, a in row_state.items()}, lr
@@ -391,7 +416,10 @@ class NumpyPath:
             return "a non-finite gradient, weight or optimizer state"
         lay.flat[...] = new_flat
         for key, value in new_state.items():
-            dense_state[key][...] = value
+            if key in lay.scalars:
+                lay.scalars[key][0][...] = value if np.ndim(value) == 0 else value[lay.starts]
+            else:
+                dense_state[key][...] = value
         table[idx] = new_rows
         for key, value in new_row_state.items():
             row_state[key][idx] = value

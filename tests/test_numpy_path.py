@@ -54,6 +54,17 @@ UPDATERS = {
     "adagrad_s0_clipped": lambda: optim.Adagrad(lr=0.05, initial_accumulator_value=0.1, clip_norm=0.5),
 }
 
+# Adam is held to the torch path step by step rather than over a whole stream: its step,
+# lr * m / (sqrt(v) + eps), is about lr * sign(g) for any gradient much larger than eps, so a
+# gradient that is 0 up to float32 rounding (a unit at a ReLU's kink, a factor summed in
+# another order) takes a full-size step whose sign is the rounding's. Two correct
+# implementations then drift apart over hundreds of steps (1e-6 to 1e-5 in the predictions
+# here), while every single step agrees to 1e-6.
+ADAM_UPDATERS = {
+    "adam": lambda: optim.Adam(lr=0.01),
+    "adam_decay_clipped": lambda: optim.Adam(lr=0.005, betas=(0.8, 0.99), weight_decay=0.01, clip_norm=0.5),
+}
+
 
 @pytest.mark.parametrize("updater", sorted(UPDATERS))
 @pytest.mark.parametrize("model", ["lr", "fm", "deepfm", "widedeep"])
@@ -71,10 +82,10 @@ def test_numpy_twin_matches_the_torch_path(model, updater):
     assert np.std(pa) > 0.01
 
 
-@pytest.mark.parametrize("updater", sorted(UPDATERS))
+@pytest.mark.parametrize("updater", sorted(UPDATERS | ADAM_UPDATERS))
 @pytest.mark.parametrize("model", ["lr", "fm", "deepfm", "widedeep"])
 def test_one_numpy_step_equals_one_torch_step_to_1e6(model, updater):
-    trained = CTRClassifier(model=model, optimizer=UPDATERS[updater]())
+    trained = CTRClassifier(model=model, optimizer=(UPDATERS | ADAM_UPDATERS)[updater]())
     trained._use_numpy = False
     _progressive(trained, EVENTS[:150])
     a, b = copy.deepcopy(trained), copy.deepcopy(trained)
@@ -85,6 +96,48 @@ def test_one_numpy_step_equals_one_torch_step_to_1e6(model, updater):
         a.learn_one(x, y)
         b.learn_one(x, y)
         _assert_same_model(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("updater", sorted(ADAM_UPDATERS))
+@pytest.mark.parametrize("model", ["lr", "fm", "deepfm", "widedeep"])
+def test_every_adam_numpy_step_equals_the_torch_step_to_1e6(model, updater):
+    torch_path = CTRClassifier(model=model, optimizer=ADAM_UPDATERS[updater]())
+    torch_path._use_numpy = False
+    for i, (x, y) in enumerate(EVENTS[:250]):  # across the drift at event 200
+        twin = copy.deepcopy(torch_path)
+        twin._use_numpy = True
+        assert twin._numpy() is not None
+        assert twin.predict_proba_one(x)[True] == pytest.approx(torch_path.predict_proba_one(x)[True], abs=1e-7)
+        twin.learn_one(x, y)
+        torch_path.learn_one(x, y)
+        # To 1e-6 absolute: Adam divides the step by sqrt(v), so where v is small a float32
+        # rounding of the gradient moves the new weight by up to a few 1e-7.
+        _assert_same_model(twin, torch_path, rtol=1e-6, atol=1e-6)
+        if i == 0:
+            # Per-row and per-parameter step counts moved with the step.
+            assert twin.updater._state["mlp.layers.0.weight" if model in ("deepfm", "widedeep") else "bias"][
+                "step"
+            ].item() == 1
+    assert torch_path.updater.n_steps == 250
+
+
+def test_adam_twin_with_step_counts_that_differ_between_parameters():
+    # As after loading a state dict written by other code: the twin then corrects each
+    # coordinate with its own parameter's count instead of one shared count.
+    trained = CTRClassifier(model="deepfm", optimizer=optim.Adam(lr=0.01))
+    trained._use_numpy = False
+    _progressive(trained, EVENTS[:20])
+    trained.updater._state["bias"]["step"].fill_(3.0)
+    trained.updater._state["mlp.layers.2.weight"]["step"].fill_(500.0)
+    twin, torch_path = copy.deepcopy(trained), copy.deepcopy(trained)
+    twin._use_numpy = True
+    for x, y in EVENTS[20:23]:
+        twin.learn_one(x, y)
+        torch_path.learn_one(x, y)
+        _assert_same_model(twin, torch_path, rtol=1e-6, atol=1e-7)
+    assert twin.updater._state["bias"]["step"].item() == 6
+    assert twin.updater._state["mlp.layers.2.weight"]["step"].item() == 503
+    assert twin.updater._state["mlp.layers.0.weight"]["step"].item() == 23
 
 
 def _ragged_stream(n: int, seed: int):
@@ -167,7 +220,7 @@ def test_models_and_updaters_without_a_twin_take_the_torch_path():
             super()._dense_step(name, param, grad, 2 * lr)
 
     assert CTRClassifier(model="dcnv2")._numpy() is None
-    assert CTRClassifier(optimizer="adam")._numpy() is None
+    assert CTRClassifier(optimizer="osgd")._numpy() is None
     assert CTRClassifier(optimizer="ftrl")._numpy() is None
     assert CTRClassifier(optimizer=MyAdagrad())._numpy() is None
     assert CTRClassifier(embedding_dtype="float16")._numpy() is None
@@ -185,7 +238,7 @@ def _corrupt(clf: CTRClassifier, how: str):
             grads["bias"][...] = math.nan
         elif how == "inf_rows":
             d_rows[-1, 0] = math.inf
-        elif how == "huge":  # finite, but Adagrad's sum of squares overflows float32
+        elif how == "huge":  # finite, but Adagrad's sum of squares (Adam's v) overflows float32
             for g in grads.values():
                 g[...] = 1e30
         return d_rows
@@ -194,10 +247,12 @@ def _corrupt(clf: CTRClassifier, how: str):
     return real
 
 
+@pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
 @pytest.mark.parametrize("how", ["nan_dense", "inf_rows", "huge"])
 @pytest.mark.parametrize("model", ["fm", "deepfm"])
-def test_a_rejected_numpy_step_changes_nothing(model, how):
-    clf = CTRClassifier(model=model, hidden_units=(8,), embedding_dim=4)
+def test_a_rejected_numpy_step_changes_nothing(model, how, optimizer):
+    clf = CTRClassifier(model=model, hidden_units=(8,), embedding_dim=4, optimizer=optimizer)
+    assert clf._numpy() is not None
     _progressive(clf, EVENTS[:100])
     weights = {k: v.clone() for k, v in clf.model_.state_dict().items()}
     state = {k: torch.as_tensor(v).clone() for k, v in clf.updater.state_dict().items()}

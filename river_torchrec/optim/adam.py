@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from river_torchrec.optim.base import Updater
@@ -63,6 +64,53 @@ class Adam(Updater):
         self.betas = betas
         self.eps = eps
         self.weight_decay = weight_decay
+
+    numpy_state = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+    numpy_scalar_state = {"step": 0.0}
+
+    def _moments(self, param, grad, state):
+        b1, b2 = self.betas
+        if self.weight_decay:
+            grad = grad + np.float32(self.weight_decay) * param
+        m = state["exp_avg"] + np.float32(1 - b1) * (grad - state["exp_avg"])  # torch's lerp for weights < 0.5
+        v = state["exp_avg_sq"] * np.float32(b2)
+        v += np.float32(1 - b2) * (grad * grad)
+        return m, v
+
+    def _numpy_update(self, param, grad, state, lr):
+        b1, b2 = self.betas
+        m, v = self._moments(param, grad, state)
+        t = state["step"] + 1
+        if np.ndim(t) == 0:
+            # As torch.optim.Adam: the bias corrections are Python floats.
+            bias1, bias2_sqrt = 1 - b1**t, (1 - b2**t) ** 0.5
+            denom = np.sqrt(v)
+            denom /= np.float32(bias2_sqrt)
+            denom += np.float32(self.eps)
+            step = m / denom
+            step *= np.float32(lr / bias1)
+        else:  # parameters with different step counts: float64 corrections per coordinate
+            bias1, bias2_sqrt = 1 - b1**t, np.sqrt(1 - b2**t)
+            denom = np.sqrt(v) / bias2_sqrt.astype(np.float32) + np.float32(self.eps)
+            step = (m / denom) * (lr / bias1).astype(np.float32)
+        return np.subtract(param, step, out=step), {"exp_avg": m, "exp_avg_sq": v, "step": t}
+
+    def _numpy_row_state(self, name: str, table: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            "exp_avg": self._buffer(name, "exp_avg", table),
+            "exp_avg_sq": self._buffer(name, "exp_avg_sq", table),
+            "step": self._row_buffer(name, "step", table),
+        }
+
+    def _numpy_row_update(self, rows, grad, state, lr):
+        b1, b2 = self.betas
+        m, v = self._moments(rows, grad, state)
+        t = state["step"] + np.float32(1)
+        t64 = t.astype(np.float64)
+        bias1 = (1 - b1**t64).astype(np.float32)[:, None]
+        bias2_sqrt = np.sqrt(1 - b2**t64).astype(np.float32)[:, None]
+        new = rows - np.float32(lr) * (m / bias1) / (np.sqrt(v) / bias2_sqrt + np.float32(self.eps))
+        return new, {"exp_avg": m, "exp_avg_sq": v, "step": t}
 
     def _dense_step(self, name: str, param: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
         b1, b2 = self.betas

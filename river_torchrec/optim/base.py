@@ -79,6 +79,11 @@ class Updater(base.Base, abc.ABC):
     #: (and implements) its own.
     numpy_state: ClassVar[dict[str, float] | None] = None
 
+    #: The twin's per-parameter scalar state of dense parameters, ``{key: initial value}``
+    #: (Adam's step count: one float per parameter, not per coordinate). :meth:`_numpy_update`
+    #: gets it as one number when every parameter holds the same value, else per coordinate.
+    numpy_scalar_state: ClassVar[dict[str, float]] = {}
+
     def __init__(self, lr: float, clip_norm: float | None = None) -> None:
         if not (math.isfinite(lr) and lr >= 0):
             raise ValueError(f"{self.lr_name} must be a finite number >= 0, got {lr!r}")
