@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -68,7 +70,10 @@ class Adam(Updater):
     numpy_state = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
     numpy_scalar_state = {"step": 0.0}
 
-    def _moments(self, param, grad, state):
+    def _moments(
+        self, param: np.ndarray, grad: np.ndarray, state: dict[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """New first and second moments (out of place), weight decay folded into the gradient."""
         b1, b2 = self.betas
         if self.weight_decay:
             grad = grad + np.float32(self.weight_decay) * param
@@ -77,7 +82,9 @@ class Adam(Updater):
         v += np.float32(1 - b2) * (grad * grad)
         return m, v
 
-    def _numpy_update(self, param, grad, state, lr):
+    def _numpy_update(
+        self, param: np.ndarray, grad: np.ndarray, state: dict[str, Any], lr: float
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         b1, b2 = self.betas
         m, v = self._moments(param, grad, state)
         t = state["step"] + 1
@@ -102,7 +109,9 @@ class Adam(Updater):
             "step": self._row_buffer(name, "step", table),
         }
 
-    def _numpy_row_update(self, rows, grad, state, lr):
+    def _numpy_row_update(
+        self, rows: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], lr: float
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         b1, b2 = self.betas
         m, v = self._moments(rows, grad, state)
         t = state["step"] + np.float32(1)
