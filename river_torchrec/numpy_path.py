@@ -174,7 +174,7 @@ class NumpyPath:
 
     The model must declare ``numpy_terms`` and the updater ``numpy_state`` in their own
     class bodies (the built-in LR, FM, DeepFM and Wide&Deep, and OGD, Adagrad,
-    RowWiseAdagrad and Adam do); the table must be float32 on CPU; ``batch_size`` must be 1 and no
+    RowWiseAdagrad, Adam and FTRLProximal do); the table must be float32 on CPU; ``batch_size`` must be 1 and no
     distributed gradient hook may be set.
     """
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from river_torchrec import CTRClassifier, datasets, optim
-from river_torchrec.optim.schedulers import DriftAwareLR, ExponentialDecay
+from river_torchrec.optim.schedulers import Constant, DriftAwareLR, ExponentialDecay
 
 EVENTS = list(datasets.SyntheticCTR(n_events=400, drift="abrupt", drift_at=200, seed=3))
 
@@ -52,6 +52,8 @@ UPDATERS = {
     "adagrad": lambda: optim.Adagrad(),
     "rowwise_adagrad": lambda: optim.RowWiseAdagrad(lr=0.05),
     "adagrad_s0_clipped": lambda: optim.Adagrad(lr=0.05, initial_accumulator_value=0.1, clip_norm=0.5),
+    "ftrl": lambda: optim.FTRLProximal(),
+    "ftrl_l1_clipped": lambda: optim.FTRLProximal(alpha=0.1, beta=0.5, l1=0.01, l2=0.0, clip_norm=1.0),
 }
 
 # Adam is held to the torch path step by step rather than over a whole stream: its step,
@@ -140,6 +142,25 @@ def test_adam_twin_with_step_counts_that_differ_between_parameters():
     assert twin.updater._state["mlp.layers.0.weight"]["step"].item() == 23
 
 
+def test_ftrl_twin_with_a_paused_learning_rate_changes_nothing():
+    # A scheduler may scale FTRL's alpha to 0 (paused): both paths then leave weights and
+    # state alone, although the step still counts.
+    class Paused(Constant):
+        def multiplier(self) -> float:
+            return 0.0 if self.n_events >= 50 else 1.0
+
+    twin, torch_path = _pair({"model": "deepfm", "optimizer": optim.FTRLProximal(), "scheduler": Paused()})
+    _progressive(twin, EVENTS[:50])
+    _progressive(torch_path, EVENTS[:50])
+    before = {k: v.clone() for k, v in twin.model_.state_dict().items()}
+    pa, pb = _progressive(twin, EVENTS[50:80]), _progressive(torch_path, EVENTS[50:80])
+    np.testing.assert_allclose(pa, pb, rtol=0, atol=1e-6)
+    _assert_same_model(twin, torch_path)
+    for k, v in twin.model_.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert twin.updater.n_steps == 80
+
+
 def _ragged_stream(n: int, seed: int):
     """Fields that come and go, a late field, missing values, ints and bools."""
     rng = random.Random(seed)
@@ -221,7 +242,6 @@ def test_models_and_updaters_without_a_twin_take_the_torch_path():
 
     assert CTRClassifier(model="dcnv2")._numpy() is None
     assert CTRClassifier(optimizer="osgd")._numpy() is None
-    assert CTRClassifier(optimizer="ftrl")._numpy() is None
     assert CTRClassifier(optimizer=MyAdagrad())._numpy() is None
     assert CTRClassifier(embedding_dtype="float16")._numpy() is None
     assert CTRClassifier(batch_size=8)._numpy() is None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 
 from river_torchrec.optim.base import Updater
@@ -133,6 +135,27 @@ class FTRLProximal(Updater):
         # rather than going through the w -> z -> w round trip.
         w = torch.where(n == 0, w, self._weights(z, n, alpha))
         return z, n, w
+
+    numpy_state = {"z": 0.0, "n": 0.0}
+
+    def _numpy_update(
+        self, param: np.ndarray, grad: np.ndarray, state: dict[str, Any], lr: float
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """:meth:`_update` in NumPy, out of place."""
+        z, n = state["z"], state["n"]
+        if lr <= 0:  # a scheduler paused learning: nothing moves
+            return param.copy(), {"z": z.copy(), "n": n.copy()}
+        fresh = n == 0
+        if fresh.any():
+            z0 = np.float32(-(self.beta / lr + self.l2)) * param - np.sign(param) * np.float32(self.l1)
+            z = np.where(fresh, z0, z)
+        n_new = n + grad * grad
+        sigma = (np.sqrt(n_new) - np.sqrt(n)) / np.float32(lr)
+        z = z + grad - sigma * param
+        w = (z - np.sign(z) * np.float32(self.l1)) / ((np.float32(self.beta) + np.sqrt(n_new)) / np.float32(lr) + np.float32(self.l2))
+        w = np.where(np.abs(z) > self.l1, -w, np.float32(0.0))
+        w = np.where(n_new == 0, param, w)
+        return w.astype(np.float32, copy=False), {"z": z, "n": n_new}
 
     def _dense_step(self, name: str, param: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
         if lr <= 0:  # a scheduler paused learning; alpha = 0 has no weights
