@@ -214,9 +214,9 @@ class CTRClassifier(base.MiniBatchClassifier):
     were), counted in ``n_rejected_`` and reported with a ``RuntimeWarning``.
 
     **Speed**: with ``batch_size=1`` on CPU, LR, FM, DeepFM and Wide&Deep trained by OGD,
-    Adagrad, RowWiseAdagrad, Adam or FTRLProximal run a NumPy twin of the torch step on views of the same
-    tensors (:mod:`river_torchrec.numpy_path`, equal to the torch path within 1e-6), about
-    six times faster per event; ``learn_one`` also reuses the work of the
+    Adagrad, RowWiseAdagrad, Adam or FTRLProximal run a NumPy twin of the torch step on
+    views of the same tensors (:mod:`river_torchrec.numpy_path`, equal to the torch path
+    within 1e-6), about six times faster per event; ``learn_one`` also reuses the work of the
     ``predict_proba_one`` that progressive validation makes just before on the same event.
 
     **Threads**: learning, prediction and :meth:`save` hold one re-entrant lock, so

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from river_torchrec.encoding import parse_features
-from river_torchrec.nn import PADDING_ROW, CTRModel
+from river_torchrec.nn import PADDING_ROW, CTRModel, DynamicEmbedding
 
 if TYPE_CHECKING:
     from river_torchrec.classifier import CTRClassifier
@@ -48,12 +48,18 @@ def _bce(z: float, y: float) -> float:
     return max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
 
 
-def _table_weight(net: CTRModel) -> torch.Tensor:
-    """``net.embedding.weight``, read from the modules' own dicts when it is there: torch's
-    ``Module.__getattr__`` is a Python function, and this runs twice per event."""
+def _table(net: CTRModel) -> DynamicEmbedding:
+    """``net.embedding``, read from the module's own dict: torch's ``Module.__getattr__`` is a
+    Python function, and the one-event path asks for the table several times per event."""
     table = net._modules.get("embedding")
-    weight = table._buffers.get("weight") if table is not None else None
-    return weight if weight is not None else net.embedding.weight
+    return table if table is not None else net.embedding
+
+
+def _table_weight(net: CTRModel) -> torch.Tensor:
+    """``net.embedding.weight`` (a buffer of :class:`DynamicEmbedding`), the same way."""
+    table = _table(net)
+    weight = table._buffers.get("weight")
+    return weight if weight is not None else table.weight
 
 
 def _finite(arrays: list[np.ndarray]) -> bool:
@@ -174,8 +180,8 @@ class NumpyPath:
 
     The model must declare ``numpy_terms`` and the updater ``numpy_state`` in their own
     class bodies (the built-in LR, FM, DeepFM and Wide&Deep, and OGD, Adagrad,
-    RowWiseAdagrad, Adam and FTRLProximal do); the table must be float32 on CPU; ``batch_size`` must be 1 and no
-    distributed gradient hook may be set.
+    RowWiseAdagrad, Adam and FTRLProximal do); the table must be float32 on CPU;
+    ``batch_size`` must be 1 and no distributed gradient hook may be set.
     """
 
     __slots__ = ("_layout", "_table", "_row_views", "_applies", "entry")
@@ -264,7 +270,7 @@ class NumpyPath:
             net.add_fields(len(enc))
             rows = clf._lookup(keys, True) if keys else []
         else:
-            table = net._modules.get("embedding") or net.embedding
+            table = _table(net)
             if table.mode != "hash" and clipper is None and table.max_rows is None:
                 # The common case in one pass: every field and value known (a learned
                 # event's lookup would then find these rows and change nothing).
@@ -404,7 +410,8 @@ class NumpyPath:
             for key, (values, _) in lay.scalars.items():
                 first = values[0] if len(values) else 0.0
                 # The same value for every parameter (the usual case) goes in as one number.
-                dense_in[key] = float(first) if (values == first).all() else np.repeat(values.astype(np.float64), lay.sizes)
+                same = (values == first).all()
+                dense_in[key] = float(first) if same else np.repeat(values.astype(np.float64), lay.sizes)
         else:
             dense_in = dense_state
         new_flat, new_state = updater._numpy_update(lay.flat, grad, dense_in, lr)

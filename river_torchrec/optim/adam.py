@@ -82,44 +82,37 @@ class Adam(Updater):
         v += np.float32(1 - b2) * (grad * grad)
         return m, v
 
+    def _corrected_step(self, m: np.ndarray, v: np.ndarray, t: Any, lr: float) -> np.ndarray:
+        """``lr * m_hat / (sqrt(v_hat) + eps)`` for step counts ``t`` (a number, or an array that
+        broadcasts against ``m``), with the bias corrections in float64 as torch computes them."""
+        b1, b2 = self.betas
+        bias1, bias2_sqrt = 1 - np.power(b1, t), np.sqrt(1 - np.power(b2, t))
+        denom = np.sqrt(v)
+        denom /= np.asarray(bias2_sqrt, dtype=np.float32)
+        denom += np.float32(self.eps)
+        step = np.divide(m, denom, out=denom)
+        step *= np.asarray(lr / bias1, dtype=np.float32)
+        return step
+
     def _numpy_update(
         self, param: np.ndarray, grad: np.ndarray, state: dict[str, Any], lr: float
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        b1, b2 = self.betas
         m, v = self._moments(param, grad, state)
-        t = state["step"] + 1
-        if np.ndim(t) == 0:
-            # As torch.optim.Adam: the bias corrections are Python floats.
-            bias1, bias2_sqrt = 1 - b1**t, (1 - b2**t) ** 0.5
-            denom = np.sqrt(v)
-            denom /= np.float32(bias2_sqrt)
-            denom += np.float32(self.eps)
-            step = m / denom
-            step *= np.float32(lr / bias1)
-        else:  # parameters with different step counts: float64 corrections per coordinate
-            bias1, bias2_sqrt = 1 - b1**t, np.sqrt(1 - b2**t)
-            denom = np.sqrt(v) / bias2_sqrt.astype(np.float32) + np.float32(self.eps)
-            step = (m / denom) * (lr / bias1).astype(np.float32)
+        t = state["step"] + 1  # one number when every parameter has the same count (the usual case)
+        step = self._corrected_step(m, v, t, lr)
         return np.subtract(param, step, out=step), {"exp_avg": m, "exp_avg_sq": v, "step": t}
 
     def _numpy_row_state(self, name: str, table: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {
-            "exp_avg": self._buffer(name, "exp_avg", table),
-            "exp_avg_sq": self._buffer(name, "exp_avg_sq", table),
-            "step": self._row_buffer(name, "step", table),
-        }
+        # The moments per coordinate (numpy_state), the step count per row.
+        return {**super()._numpy_row_state(name, table), "step": self._row_buffer(name, "step", table)}
 
     def _numpy_row_update(
         self, rows: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], lr: float
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        b1, b2 = self.betas
         m, v = self._moments(rows, grad, state)
         t = state["step"] + np.float32(1)
-        t64 = t.astype(np.float64)
-        bias1 = (1 - b1**t64).astype(np.float32)[:, None]
-        bias2_sqrt = np.sqrt(1 - b2**t64).astype(np.float32)[:, None]
-        new = rows - np.float32(lr) * (m / bias1) / (np.sqrt(v) / bias2_sqrt + np.float32(self.eps))
-        return new, {"exp_avg": m, "exp_avg_sq": v, "step": t}
+        step = self._corrected_step(m, v, t.astype(np.float64)[:, None], lr)
+        return np.subtract(rows, step, out=step), {"exp_avg": m, "exp_avg_sq": v, "step": t}
 
     def _dense_step(self, name: str, param: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
         b1, b2 = self.betas

@@ -152,7 +152,8 @@ class FTRLProximal(Updater):
         n_new = n + grad * grad
         sigma = (np.sqrt(n_new) - np.sqrt(n)) / np.float32(lr)
         z = z + grad - sigma * param
-        w = (z - np.sign(z) * np.float32(self.l1)) / ((np.float32(self.beta) + np.sqrt(n_new)) / np.float32(lr) + np.float32(self.l2))
+        rate = (np.float32(self.beta) + np.sqrt(n_new)) / np.float32(lr) + np.float32(self.l2)
+        w = (z - np.sign(z) * np.float32(self.l1)) / rate
         w = np.where(np.abs(z) > self.l1, -w, np.float32(0.0))
         w = np.where(n_new == 0, param, w)
         return w.astype(np.float32, copy=False), {"z": z, "n": n_new}
