@@ -27,7 +27,7 @@ from river_torchrec.encoding import parse_features
 from river_torchrec.nn import PADDING_ROW, CTRModel, DynamicEmbedding
 
 if TYPE_CHECKING:
-    from river_torchrec.classifier import CTRClassifier
+    from river_torchrec.learner import OnlineLearner as CTRClassifier
 
 __all__ = ["NumpyPath"]
 

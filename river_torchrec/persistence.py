@@ -101,7 +101,7 @@ import safetensors.torch
 import torch
 from river import base
 
-from river_torchrec.classifier import CTRClassifier
+from river_torchrec.learner import OnlineLearner
 from river_torchrec.nn import CTRModel, DynamicEmbedding
 
 __all__ = ["CheckpointError", "FORMAT_VERSION", "TRUSTED_MODULES", "load", "save"]
@@ -470,7 +470,7 @@ def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
         return safetensors.torch.save({k: t.clone() for k, t in tensors.items()})
 
 
-def _serialize(model: CTRClassifier) -> dict[str, bytes]:
+def _serialize(model: OnlineLearner) -> dict[str, bytes]:
     net = model.model_
     weights = {k: t.detach().to("cpu").contiguous() for k, t in net.state_dict().items()}
     updater_state = model.updater.state_dict()
@@ -575,7 +575,7 @@ def _remove_dead_temporaries(path: Path) -> None:
             continue
 
 
-def save(model: CTRClassifier, path: str | os.PathLike) -> None:
+def save(model: OnlineLearner, path: str | os.PathLike) -> None:
     """Write a checkpoint of ``model`` to the directory ``path``, atomically.
 
     The estimator's lock is held while its state is serialised (in memory), so a save
@@ -590,8 +590,8 @@ def save(model: CTRClassifier, path: str | os.PathLike) -> None:
         class that cannot be imported by name); nothing is written then.
 
     """
-    if not isinstance(model, CTRClassifier):
-        raise TypeError(f"expected a CTRClassifier, got {type(model).__name__}")
+    if not isinstance(model, OnlineLearner):
+        raise TypeError(f"expected a CTRClassifier or a river_torchrec ranker, got {type(model).__name__}")
     path = Path(path)
     if path.exists() and not _is_checkpoint(path) and not (path.is_dir() and not any(path.iterdir())):
         raise FileExistsError(f"{path} exists and is not a checkpoint; refusing to replace it")
@@ -728,7 +728,7 @@ def _locate(path: Path) -> Path:
 
 def load(
     path: str | os.PathLike, device: str | None = None, trusted_classes: Sequence[type] = ()
-) -> CTRClassifier:
+) -> OnlineLearner:
     """Read a checkpoint written by :func:`save`.
 
     Parameters
@@ -776,8 +776,8 @@ def _rebuild(
     tensors: dict[str, dict[str, torch.Tensor]],
     classes: _Classes,
     device: str | None,
-) -> CTRClassifier:
-    cls = classes.resolve(config["estimator"], "config.json: estimator", CTRClassifier)
+) -> OnlineLearner:
+    cls = classes.resolve(config["estimator"], "config.json: estimator", OnlineLearner)
     classes.resolve(config["model_class"], "config.json: model_class", CTRModel)
     staging = _Decoder(classes, tensors, torch.device("cpu"))
     params = staging.attributes(config["params"], "config.json: params")
