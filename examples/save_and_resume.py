@@ -7,6 +7,10 @@ atomically, with checksums) holding everything needed to resume exactly: weights
 vocabularies, optimizer state. ``CTRClassifier.load`` reads it back without unpickling
 anything. The resumed model makes the same predictions and the same updates as one that
 never stopped.
+
+The transformers in front of a model learn too: ``river_torchrec.save_pipeline`` checkpoints
+a whole river pipeline (here a ``DecayedCTREncoder``'s click counts, a ``StandardScaler``'s
+running means and the classifier) the same safe way, and ``load_pipeline`` resumes it.
 """
 
 from __future__ import annotations
@@ -15,10 +19,26 @@ import argparse
 import pathlib
 import tempfile
 
-from river import metrics
+from river import compose, metrics, preprocessing
 
-from river_torchrec import CTRClassifier
+from river_torchrec import CTRClassifier, load_pipeline, save_pipeline
 from river_torchrec.datasets import SyntheticCTR
+from river_torchrec.features import DecayedCTREncoder
+
+
+def resume_and_compare(kept, resumed, events: list) -> tuple[float, float, float]:
+    """LogLoss of both copies on ``events`` (each learns them) and their largest prediction gap."""
+    loss_kept, loss_resumed = metrics.LogLoss(), metrics.LogLoss()
+    max_gap = 0.0
+    for x, y in events:
+        p_kept = kept.predict_proba_one(x)[True]
+        p_resumed = resumed.predict_proba_one(x)[True]
+        max_gap = max(max_gap, abs(p_kept - p_resumed))
+        loss_kept.update(y, p_kept)
+        loss_resumed.update(y, p_resumed)
+        kept.learn_one(x, y)
+        resumed.learn_one(x, y)
+    return loss_kept.get(), loss_resumed.get(), max_gap
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,19 +62,26 @@ def main(argv: list[str] | None = None) -> None:
         resumed = CTRClassifier.load(path)
 
     # Both copies go on with the same events: their predictions must agree.
-    loss_kept, loss_resumed = metrics.LogLoss(), metrics.LogLoss()
-    max_gap = 0.0
-    for x, y in second:
-        p_kept = model.predict_proba_one(x)[True]
-        p_resumed = resumed.predict_proba_one(x)[True]
-        max_gap = max(max_gap, abs(p_kept - p_resumed))
-        loss_kept.update(y, p_kept)
-        loss_resumed.update(y, p_resumed)
-        model.learn_one(x, y)
-        resumed.learn_one(x, y)
-    print(f"on the next {len(second)} events: LogLoss {loss_kept.get():.4f} (never stopped), "
-          f"LogLoss {loss_resumed.get():.4f} (resumed)")
+    loss_kept, loss_resumed, max_gap = resume_and_compare(model, resumed, second)
+    print(f"on the next {len(second)} events: LogLoss {loss_kept:.4f} (never stopped), "
+          f"LogLoss {loss_resumed:.4f} (resumed)")
     print(f"largest difference between their predictions: {max_gap:.2e}")
+
+    # A whole pipeline: every step's state goes into the checkpoint.
+    pipeline = compose.TransformerUnion(
+        compose.SelectType(str),
+        compose.SelectType(float) | preprocessing.StandardScaler(),
+    ) | DecayedCTREncoder(fields=["item_id"]) | CTRClassifier(model="fm", numeric="raw", seed=args.seed)
+    for x, y in first:
+        pipeline.learn_one(x, y)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "pipeline-checkpoint"
+        save_pipeline(pipeline, path)
+        print(f"pipeline saved: {', '.join(sorted(f.name for f in path.iterdir()))}")
+        resumed_pipeline = load_pipeline(path)
+    loss_kept, loss_resumed, max_gap = resume_and_compare(pipeline, resumed_pipeline, second)
+    print(f"pipeline on the next {len(second)} events: LogLoss {loss_kept:.4f} (never stopped), "
+          f"LogLoss {loss_resumed:.4f} (resumed); largest gap {max_gap:.2e}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["CTRClassifier", "compat", "datasets", "distributed", "features", "nn", "optim", "__version__"]
+__all__ = ["CTRClassifier", "load_pipeline", "save_pipeline", "compat", "datasets", "distributed", "evaluate", "features", "nn", "optim", "reco", "__version__"]
 
 if TYPE_CHECKING:
     from river_torchrec.classifier import CTRClassifier
@@ -22,7 +22,11 @@ def __getattr__(name: str) -> Any:
         from river_torchrec.classifier import CTRClassifier
 
         return CTRClassifier
-    if name in {"compat", "datasets", "distributed", "features", "nn", "optim"}:
+    if name in {"save_pipeline", "load_pipeline"}:
+        from river_torchrec import pipeline_checkpoint
+
+        return getattr(pipeline_checkpoint, name)
+    if name in {"compat", "datasets", "distributed", "evaluate", "features", "nn", "optim", "reco"}:
         return importlib.import_module(f"river_torchrec.{name}")
     raise AttributeError(f"module 'river_torchrec' has no attribute {name!r}")
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from river import base
 
+from river_torchrec.defence import PoisoningDefence
 from river_torchrec.encoding import parse_features
 from river_torchrec.explain import Explanation, explain_event
 from river_torchrec.learner import OnlineLearner, binary_label, frame_weights, locked, sample_weight
@@ -80,6 +81,22 @@ class CTRClassifier(OnlineLearner, base.MiniBatchClassifier):
         a corrupted value (say a price a million times too large) then cannot wreck the
         weights. Off by default: ``numeric="log"`` already tames outliers, and ``"raw"``
         promises inputs as given. ``10`` is a good value with ``numeric="raw"``.
+    missing
+        What a NaN feature value means, the same in dicts and DataFrames:
+        ``"nan-is-missing"`` (the field is absent from the event, as with ``None``; what
+        pandas and ``river.stream.iter_pandas`` give for an empty cell) or ``"error"`` (a
+        ``ValueError`` naming the field; ``None`` still means missing). Infinities and
+        numbers beyond float32's range are refused either way.
+    defence
+        ``"default"`` (``PoisoningDefence()``), None (off), or a
+        :class:`river_torchrec.defence.PoisoningDefence` that turns each learned event's
+        sample weight into a trusted one (newcomer click anomalies on items, a per-sender
+        share budget, an optional per-event gradient clip); the estimator learns with a
+        clone of it, ``defence_``. The default watches the fields ``user_id`` and
+        ``item_id`` (name yours in ``PoisoningDefence(user_field=..., item_fields=...)``):
+        on the synthetic and Criteo streams it cut a bot farm's lift of its target's CTR by
+        96% and 88% at a clean LogLoss cost of at most 0.0001, for about 13% of the time of
+        a one-event DeepFM step (``docs/robustness.md``). None: every event keeps its weight.
 
     Attributes
     ----------
@@ -91,7 +108,7 @@ class CTRClassifier(OnlineLearner, base.MiniBatchClassifier):
     Notes
     -----
     **Bad input** (the full policy is in ``docs/bad_input.md``): a feature value that is
-    not ``str``/``bool``/``int``/``float``/``None``, a NaN, an infinity or a number
+    not ``str``/``bool``/``int``/``float``/``None``, a NaN with ``missing="error"``, an infinity or a number
     beyond the float32 range, a label other than ``bool``/0/1, a negative or non-finite
     weight, or a frame whose lengths disagree raises a ``TypeError`` or ``ValueError``
     that names the field, and leaves the estimator exactly as it was. ``{}`` is an event
@@ -149,6 +166,8 @@ class CTRClassifier(OnlineLearner, base.MiniBatchClassifier):
         numeric: str = "log",
         embedding_dtype: str = "float32",
         clip_numeric: float | None = None,
+        missing: str = "nan-is-missing",
+        defence: PoisoningDefence | str | None = "default",
     ) -> None:
         self.model = model
         self.embedding_dim = embedding_dim
@@ -167,8 +186,20 @@ class CTRClassifier(OnlineLearner, base.MiniBatchClassifier):
         self.numeric = numeric
         self.embedding_dtype = embedding_dtype
         self.clip_numeric = clip_numeric
+        self.missing = missing
+        self.defence = defence
 
         self._setup()
+        if isinstance(defence, str) and defence == "default":
+            live = PoisoningDefence()
+        elif isinstance(defence, PoisoningDefence):
+            # The live state is a clone: the object passed in stays a pristine parameter.
+            live = defence.clone()
+        elif defence is None:
+            live = None
+        else:
+            raise TypeError(f"defence must be a PoisoningDefence, 'default' or None, got {defence!r}")
+        self._defence = live
 
     @property
     def _multiclass(self) -> bool:
@@ -182,6 +213,8 @@ class CTRClassifier(OnlineLearner, base.MiniBatchClassifier):
     def _unit_test_params(cls):
         for model in ("lr", "fm", "deepfm", "widedeep", "dcnv2"):
             yield {"model": model, "hidden_units": (8,), "embedding_dim": 4, "n_buckets": 1024}
+        # Every signal of the defence on, with river's check datasets as the stream.
+        yield {"model": "fm", "embedding_dim": 4, "defence": PoisoningDefence(max_logit_gradient=0.9, warmup=0)}
 
     def _unit_test_skips(self):
         return {
@@ -191,9 +224,22 @@ class CTRClassifier(OnlineLearner, base.MiniBatchClassifier):
         }
 
 
+    @property
+    def defence_(self) -> PoisoningDefence | None:
+        """The live :class:`~river_torchrec.defence.PoisoningDefence` (its statistics), if any."""
+        return self._defence
+
     @locked
     def learn_one(self, x: dict, y: base.typing.ClfTarget, w: float = 1.0) -> None:
-        self._learn_event(x, binary_label(y), sample_weight(w))
+        label, weight = binary_label(y), sample_weight(w)
+        defence = self._defence
+        if defence is None:
+            self._learn_event(x, label, weight)
+            return
+        txn = defence.transaction()
+        p = self._predict_event(x) if defence.needs_prediction else None
+        self._learn_event(x, label, txn.weigh(x, label, weight, p))
+        txn.commit()  # only once the event was accepted
 
     @locked
     def flush(self) -> None:
@@ -203,6 +249,8 @@ class CTRClassifier(OnlineLearner, base.MiniBatchClassifier):
     @locked
     def learn_many(self, X: pd.DataFrame, y: pd.Series, w: pd.Series | float = 1.0) -> None:
         """One gradient step on the mean loss of the frame (buffered events are flushed first)."""
+        if not isinstance(X, pd.DataFrame):  # before the defence reads its columns
+            raise TypeError(f"X must be a pandas DataFrame, got {type(X).__name__}")
         if len(X) != len(y):
             raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
         if not len(X):
@@ -211,7 +259,21 @@ class CTRClassifier(OnlineLearner, base.MiniBatchClassifier):
             labels = y.to_numpy(dtype=np.float32)  # nothing to check, and no per-label Python call
         else:
             labels = [binary_label(v) for v in (y.tolist() if hasattr(y, "tolist") else list(y))]
-        self._learn_frame(X, labels, frame_weights(w, len(X)))
+        weights = frame_weights(w, len(X))
+        defence = self._defence
+        if defence is None or X.columns.has_duplicates:  # duplicate columns: refused right here
+            self._learn_frame(X, labels, weights)
+            return
+        txn = defence.transaction()
+        weights = txn.weigh_frame(
+            X[defence.user_field].tolist() if defence.user_field in X.columns else None,
+            {f: X[f].tolist() for f in defence.item_fields or () if f in X.columns},
+            labels.tolist() if isinstance(labels, np.ndarray) else labels,
+            weights.tolist() if isinstance(weights, np.ndarray) else weights,
+            self._proba_frame(X).tolist() if defence.needs_prediction else None,
+        )
+        self._learn_frame(X, labels, weights)
+        txn.commit()
 
     # ----------------------------------------------------------- prediction
 
@@ -255,7 +317,7 @@ class CTRClassifier(OnlineLearner, base.MiniBatchClassifier):
         0.0
 
         """
-        ids, vals = self._tensors([parse_features(x, self._log_numeric)], learn=False)
+        ids, vals = self._tensors([parse_features(x, self._log_numeric, self._nan_missing)], learn=False)
         return explain_event(self.model_, self._encoder.slots, x, ids, vals)
 
     def debug_one(self, x: dict, decimals: int = 5) -> str:

@@ -23,6 +23,7 @@ import os
 import pathlib
 import re
 import sys
+import textwrap
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -74,10 +75,17 @@ _PRETTY = {
 # --------------------------------------------------------------------------- options
 
 
-def _our_models() -> list[str]:
-    from river_torchrec.nn import MODELS
+#: Names the command offers, written out so that ``--help`` and ``--version`` answer
+#: without importing torch (a second or more); ``tests/test_cli_edges.py`` holds them equal
+#: to the installed ``river_torchrec.nn.MODELS``, ``river_torchrec.optim.UPDATERS`` and
+#: :func:`scheduler_classes`.
+OUR_MODELS = ("dcnv2", "deepfm", "fm", "lr", "widedeep")
+UPDATER_NAMES = ("adagrad", "adam", "ftrl", "ogd", "osgd", "rowwise_adagrad", "sgd")
+SCHEDULER_NAMES = ("constant", "cosine-restarts", "drift-aware", "exponential-decay", "inverse-sqrt")
 
-    return sorted(MODELS)
+
+def _our_models() -> list[str]:
+    return list(OUR_MODELS)
 
 
 def _kebab(name: str) -> str:
@@ -109,9 +117,7 @@ def scheduler_classes() -> dict[str, type]:
 
 
 def _updater_names() -> list[str]:
-    from river_torchrec.optim import UPDATERS
-
-    return sorted(UPDATERS)
+    return list(UPDATER_NAMES)
 
 
 def _positive_int(text: str) -> int:
@@ -125,6 +131,26 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1 (exclusive), got {text}")
     return value
 
 
@@ -143,6 +169,22 @@ def _add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         ),
     )
     p.add_argument(
+        "--task",
+        default="click",
+        choices=("click", "rank"),
+        help=(
+            "click: progressive validation of CTR models (default); rank: test-then-learn "
+            "HitRate@10/NDCG@10/MRR of recommenders (see river_torchrec.cli_rank)"
+        ),
+    )
+    p.add_argument(
+        "--ranker",
+        action="append",
+        choices=("most-popular", "river-biasedmf", "river-funkmf", "two-tower", "deepfm-ranker", "fm-ranker"),
+        metavar="NAME",
+        help="with --task rank, a ranker to evaluate, repeatable (default: most-popular river-biasedmf two-tower)",
+    )
+    p.add_argument(
         "--optimizer",
         default="adagrad",
         choices=_updater_names(),
@@ -152,8 +194,26 @@ def _add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scheduler",
         default=None,
-        choices=sorted(scheduler_classes()),
+        choices=SCHEDULER_NAMES,
         help="learning-rate scheduler of our models, with its default settings (default: none)",
+    )
+    p.add_argument(
+        "--vs-constant",
+        action="store_true",
+        help=(
+            "with --scheduler, also run each of our models at a constant rate, to show what the "
+            "scheduler changes (the scheduled run is named MODEL+SCHEDULER)"
+        ),
+    )
+    p.add_argument(
+        "--drift-delta",
+        type=_probability,
+        default=None,
+        metavar="DELTA",
+        help=(
+            "sensitivity of the drift-aware scheduler's detector, river's ADWIN(delta=DELTA): "
+            "larger fires sooner after a change but also on noise (default: ADWIN's 0.002)"
+        ),
     )
     p.add_argument("--dataset", default="synthetic", choices=DATASETS, help="the stream (default: synthetic)")
     p.add_argument(
@@ -168,6 +228,22 @@ def _add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         default="abrupt",
         choices=DRIFTS,
         help="concept drift of the synthetic stream (default: abrupt, at the middle; ignored by file datasets)",
+    )
+    p.add_argument("--n-users", type=_positive_int, default=None, help="users of the synthetic stream (default: 1000)")
+    p.add_argument("--n-items", type=_positive_int, default=None, help="items of the synthetic stream (default: 500)")
+    p.add_argument(
+        "--positive-rate",
+        type=_probability,
+        default=None,
+        metavar="RATE",
+        help="mean click rate of the synthetic stream (default: 0.1)",
+    )
+    p.add_argument(
+        "--interaction-scale",
+        type=_positive_float,
+        default=None,
+        metavar="SCALE",
+        help="strength of the user x item effects of the synthetic stream (default: 1.0)",
     )
     p.add_argument("--n", type=_positive_int, default=DEFAULT_N, help=f"events to evaluate on (default: {DEFAULT_N})")
     p.add_argument("--device", default="cpu", help="device of our models: cpu, cuda, mps or auto (default: cpu)")
@@ -202,6 +278,25 @@ def _add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", type=pathlib.Path, default=None, metavar="PNG", help="write the rolling curves to PNG")
     p.add_argument("--json", type=pathlib.Path, default=None, metavar="FILE", help="write every model's metrics to FILE")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    # Crash-safe runs and monitoring (issue 15): river_torchrec.stream_checkpoint, .monitoring.
+    p.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="N",
+                   help="save each of our models, with its stream position and predictions, every N events")
+    p.add_argument("--checkpoint", type=pathlib.Path, default=pathlib.Path("river-torchrec-checkpoints"),
+                   metavar="DIR", help="folder of the --checkpoint-every checkpoints, one per model (default: %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the runs checkpointed in --checkpoint: each event is learned exactly once")
+    p.add_argument("--calibration", type=pathlib.Path, default=None, metavar="PNG",
+                   help="write every model's reliability diagram to PNG (the ECE is printed in any case)")
+    p.add_argument("--calibration-bins", type=_positive_int, default=10, metavar="K",
+                   help="equal-count bins of the ECE and the reliability diagram (default: 10)")
+    p.add_argument("--segment", default=None, metavar="FIELD",
+                   help="report events, click rate, LogLoss, exact AUC and ECE per value of FIELD")
+    p.add_argument("--max-segments", type=_positive_int, default=20, metavar="K",
+                   help="largest segments shown per model (default: 20)")
+    p.add_argument("--metrics-csv", type=pathlib.Path, default=None, metavar="FILE",
+                   help="write rolling metrics (--window events, overall and per --segment) to FILE")
+    p.add_argument("--tensorboard", type=pathlib.Path, default=None, metavar="DIR",
+                   help="also stream the rolling metrics to TensorBoard logs in DIR (needs the tensorboard package)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
             "Progressive validation of online CTR models. Without a command, runs "
             "'evaluate' with its defaults: river's LogisticRegression and FMClassifier "
             f"against our DeepFM on {DEFAULT_N:,} synthetic events with an abrupt drift."
+        ),
+        epilog=(
+            "The options of 'evaluate' work without the word 'evaluate': "
+            "'river-torchrec --model fm --n 5000' is 'river-torchrec evaluate --model fm --n 5000'. "
+            "'river-torchrec evaluate --help' lists them."
         ),
     )
     from river_torchrec import __version__
@@ -255,12 +355,84 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 @dataclasses.dataclass
 class StreamInfo:
-    """What the report and the plot say about the stream."""
+    """What the report and the plot say about the stream.
+
+    ``length`` is the number of events the stream will give (at most ``--n``) when it is
+    known before reading it: the progress bars' total; None gives open-ended bars.
+    """
 
     name: str
     n_events: int
     drift_points: list[int]
     oracle_proba: np.ndarray | None = None
+    length: int | None = None
+    #: Why and where the stream stopped before its end (a malformed record), if it did.
+    stopped_early: str | None = None
+
+
+class CommandError(Exception):
+    """A mistake in the command or its input, reported as one line ``river-torchrec: error: ...``."""
+
+
+class StoppedEarly:
+    """Iterate a dataset, ending it cleanly at a malformed record and remembering where.
+
+    A reader raises :class:`~river_torchrec.datasets.DataFormatError` (naming the file and
+    line) when it meets a record it cannot parse: the pass then ends with the events read so
+    far, and ``error`` and ``n_good`` keep what stopped it and after how many events (the
+    later passes of the other models stop before that record).
+    """
+
+    def __init__(self, dataset: Iterable) -> None:
+        self.dataset = dataset
+        self.error: Exception | None = None
+        self.n_good = 0
+
+    def __iter__(self) -> Iterator:
+        from river_torchrec.datasets._io import DataFormatError
+
+        n_read = 0
+        events = iter(self.dataset)
+        while True:
+            try:
+                event = next(events)
+            except StopIteration:
+                return
+            except (DataFormatError, OSError) as e:
+                self.error, self.n_good = e, n_read
+                return
+            n_read += 1
+            yield event
+
+
+def _count_records(path: pathlib.Path, cap: int) -> int | None:
+    """Records of a plain or gzip text file (lines, less a header), counting at most ``cap``.
+
+    Counting newlines in blocks reads a gigabyte a second or so, and stops once ``cap``
+    records are seen, so the progress bar's total costs little even on a full Criteo log.
+    None when the file cannot be read to the end (the evaluation will say why).
+    """
+    from river_torchrec.datasets._io import _open_binary
+
+    try:
+        with _open_binary(path) as f:
+            first = f.readline()
+            if not first:
+                return 0
+            # Data rows of these logs start with a digit (a label or an id); headers do not.
+            n = 1 if first[:1].isdigit() else 0
+            last = first
+            while n < cap:
+                block = f.read(1 << 20)
+                if not block:
+                    break
+                n += block.count(b"\n")
+                last = block
+            if last and not last.endswith(b"\n") and n < cap:
+                n += 1  # a last line without its newline
+    except (OSError, EOFError, ValueError):
+        return None
+    return min(n, cap)
 
 
 def _find_file(dataset: str, data: pathlib.Path) -> pathlib.Path:
@@ -283,23 +455,35 @@ def make_stream(args: argparse.Namespace) -> tuple[Any, StreamInfo]:
 
     if args.dataset == "synthetic":
         drift = None if args.drift == "none" else args.drift
-        ds = datasets.SyntheticCTR(n_events=args.n, drift=drift, seed=args.seed)
+        shape = {
+            k: getattr(args, k)
+            for k in ("n_users", "n_items", "positive_rate", "interaction_scale")
+            if getattr(args, k, None) is not None
+        }
+        ds = datasets.SyntheticCTR(n_events=args.n, drift=drift, seed=args.seed, **shape)
         oracle = np.fromiter((p for _, _, p in ds.iter_with_proba()), dtype=float, count=args.n)
-        label = "SyntheticCTR" + (f", {drift} drift" if drift else ", no drift")
-        return ds, StreamInfo(label, args.n, list(ds.drift_points), oracle)
+        words = {"n_users": "{:g} users", "n_items": "{:g} items", "positive_rate": "click rate {:g}",
+                 "interaction_scale": "interaction scale {:g}"}
+        label = "SyntheticCTR" + (f" ({', '.join(words[k].format(v) for k, v in shape.items())})" if shape else "")
+        label += f", {drift} drift" if drift else ", no drift"
+        return ds, StreamInfo(label, args.n, list(ds.drift_points), oracle, length=args.n)
     if args.data is None:
-        raise SystemExit(
-            f"river-torchrec: --dataset {args.dataset} needs --data PATH: the {args.dataset} data may "
+        raise CommandError(
+            f"--dataset {args.dataset} needs --data PATH: the {args.dataset} data may "
             "not be redistributed, so it is never downloaded; point --data at your copy"
         )
-    if args.dataset == "movielens":
-        ds = datasets.MovieLens100K(args.data)
-        name = "MovieLens 100K"
-    else:
-        path = _find_file(args.dataset, args.data)
-        ds = datasets.Criteo(path) if args.dataset == "criteo" else datasets.Avazu(path)
-        name = f"{type(ds).__name__} ({path.name})"
-    return ds, StreamInfo(name, args.n, [])
+    try:
+        if args.dataset == "movielens":
+            ds = datasets.MovieLens100K(args.data)
+            name = "MovieLens 100K"
+            path = ds.path
+        else:
+            path = _find_file(args.dataset, args.data)
+            ds = datasets.Criteo(path) if args.dataset == "criteo" else datasets.Avazu(path)
+            name = f"{type(ds).__name__} ({path.name})"
+    except (OSError, ValueError) as e:
+        raise CommandError(str(e)) from None
+    return ds, StreamInfo(name, args.n, [], length=_count_records(pathlib.Path(path), args.n))
 
 
 # --------------------------------------------------------------------------- models
@@ -328,13 +512,42 @@ def _river_peer(name: str, seed: int):
     return prep | facto.FMClassifier(n_factors=8, seed=seed)
 
 
-def make_model(name: str, args: argparse.Namespace) -> tuple[Any, Any]:
-    """``(estimator, scheduler or None)`` for a ``--model`` name."""
+def make_scheduler(name: str | None, args: argparse.Namespace) -> Any:
+    """The scheduler ``name`` with its defaults (``--drift-delta`` sets a drift-aware one's ADWIN)."""
+    if name is None:
+        return None
+    cls = scheduler_classes()[name]
+    if name == "drift-aware" and args.drift_delta is not None:
+        from river import drift
+
+        return cls(detector=drift.ADWIN(delta=args.drift_delta))
+    return cls()
+
+
+def runs(args: argparse.Namespace) -> list[tuple[str, str, str | None]]:
+    """``(result name, --model name, scheduler name or None)`` of every run, in order.
+
+    With ``--vs-constant``, each of our models runs twice: at a constant rate under its
+    own name, and with ``--scheduler`` as ``MODEL+SCHEDULER``.
+    """
+    out = []
+    for name in args.model:
+        if name in RIVER_PEERS or args.scheduler is None:
+            out.append((name, name, None if name in RIVER_PEERS else args.scheduler))
+        elif args.vs_constant:
+            out += [(name, name, None), (f"{name}+{args.scheduler}", name, args.scheduler)]
+        else:
+            out.append((name, name, args.scheduler))
+    return out
+
+
+def make_model(name: str, args: argparse.Namespace, scheduler: str | None = "default") -> tuple[Any, Any]:
+    """``(estimator, scheduler or None)`` for a ``--model`` name (``scheduler``: ``--scheduler``'s by default)."""
     if name in RIVER_PEERS:
         return _river_peer(name, args.seed), None
     from river_torchrec import CTRClassifier
 
-    scheduler = scheduler_classes()[args.scheduler]() if args.scheduler else None
+    scheduler = make_scheduler(args.scheduler if scheduler == "default" else scheduler, args)
     model = CTRClassifier(
         model=name,
         optimizer=args.optimizer,
@@ -561,14 +774,17 @@ def _fmt_bytes(n: int | None) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def format_table(results: Sequence[EvaluationResult], oracle_logloss: float | None = None) -> str:
-    """The final table, in markdown."""
+def format_table(
+    results: Sequence[EvaluationResult], oracle_logloss: float | None = None, oracle_auc: float | None = None
+) -> str:
+    """The final table, in markdown (with an oracle row when its LogLoss is given)."""
     rows = [
         (r.name, f"{r.logloss:.4f}", f"{r.roc_auc:.4f}", f"{r.events_per_s:,.0f}", _fmt_bytes(r.peak_rss_delta))
         for r in results
     ]
     if oracle_logloss is not None:
-        rows.append(("oracle (true probabilities)", f"{oracle_logloss:.4f}", "", "", ""))
+        auc = "" if oracle_auc is None else f"{oracle_auc:.4f}"
+        rows.append(("oracle (true probabilities)", f"{oracle_logloss:.4f}", auc, "", ""))
     header = ("model", "LogLoss", "ROC AUC", "events/s", "peak RSS growth")
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
     right = (False, True, True, True, True)
@@ -583,6 +799,15 @@ def format_table(results: Sequence[EvaluationResult], oracle_logloss: float | No
 def _oracle_logloss(y: np.ndarray, oracle: np.ndarray) -> float:
     p = np.clip(oracle[: len(y)], 1e-15, 1 - 1e-15)
     return float(np.mean(np.where(y, -np.log(p), -np.log1p(-p))))
+
+
+def _oracle_auc(y: np.ndarray, oracle: np.ndarray) -> float:
+    """Exact ROC AUC of the true probabilities (NaN when one class is missing)."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    return float(roc_auc_score(y, oracle[: len(y)]))
 
 
 def _json_float(v: float) -> float | None:
@@ -607,6 +832,9 @@ def to_json(
     }
     if info.oracle_proba is not None and results:
         out["stream"]["oracle_logloss"] = _oracle_logloss(results[0].y, info.oracle_proba)
+        out["stream"]["oracle_roc_auc"] = _json_float(_oracle_auc(results[0].y, info.oracle_proba))
+    if info.stopped_early is not None:
+        out["stream"]["stopped_early"] = info.stopped_early
     for r in results:
         ends, loss, auc = rolling_metrics(r.y, r.proba, window)
         out["models"][r.name] = {
@@ -624,6 +852,9 @@ def to_json(
                 "roc_auc": [_json_float(v) for v in auc],
             },
         }
+        if len(r.multiplier):
+            # The scheduler's multiplier after the last event of each rolling window.
+            out["models"][r.name]["rolling"]["lr_multiplier"] = [float(r.multiplier[e - 1]) for e in ends]
     return out
 
 
@@ -654,23 +885,33 @@ def plot(
     ax_loss, ax_auc = axes[0], axes[1]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
+    # Runs that agree for a while (the same model with and without a scheduler, before its
+    # first alarm) draw the same curve: each later line is thinner and dashed, so the
+    # earlier one still shows around it.
+    styles = [("-", 2.8), ("--", 1.9), ("-.", 1.5), (":", 1.5)]
     for k, r in enumerate(results):
         color = colors[k % len(colors)]
+        ls, lw = styles[k % len(styles)]
         ends, loss, auc = rolling_metrics(r.y, r.proba, window)
-        pretty = _PRETTY.get(r.name, r.name)
-        ax_loss.plot(ends, loss, color=color, lw=1.8, label=f"{pretty}: LogLoss {r.logloss:.4f}, AUC {r.roc_auc:.4f}")
-        ax_auc.plot(ends, auc, color=color, lw=1.8)
+        base, _, sched = r.name.partition("+")
+        pretty = _PRETTY.get(base, base) + (f", {sched} rate" if sched else "")
+        ax_loss.plot(ends, loss, color=color, lw=lw, ls=ls, label=f"{pretty}: LogLoss {r.logloss:.4f}, AUC {r.roc_auc:.4f}")
+        ax_auc.plot(ends, auc, color=color, lw=lw, ls=ls)
         for a, alarm in enumerate(r.drift_alarms):
             for ax in axes:
                 ax.axvline(alarm, color=color, ls=":", lw=1.3, label=f"drift alarm ({r.name})" if a == 0 and ax is ax_loss else None)
         if with_lr and len(r.multiplier):
-            axes[2].plot(np.arange(1, len(r.multiplier) + 1), r.multiplier, color=color, lw=1.5)
+            axes[2].plot(np.arange(1, len(r.multiplier) + 1), r.multiplier, color=color, lw=lw, ls=ls)
 
     if info.oracle_proba is not None and results:
         y = results[0].y
         ends, loss, auc = rolling_metrics(y, info.oracle_proba[: len(y)], window)
         oracle = _oracle_logloss(y, info.oracle_proba)
-        ax_loss.plot(ends, loss, color="black", lw=1.0, ls="--", label=f"oracle (true click probabilities): LogLoss {oracle:.4f}")
+        oracle_auc = _oracle_auc(y, info.oracle_proba)
+        ax_loss.plot(
+            ends, loss, color="black", lw=1.0, ls="--",
+            label=f"oracle (true click probabilities): LogLoss {oracle:.4f}, AUC {oracle_auc:.4f}",
+        )
         ax_auc.plot(ends, auc, color="black", lw=1.0, ls="--")
 
     for d, point in enumerate(info.drift_points):
@@ -691,7 +932,8 @@ def plot(
         axes[2].set_title(f"scheduler of our models: {scheduler}", fontsize=9, loc="left")
     axes[-1].set_xlabel("event")
     axes[-1].xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    fig.suptitle(f"Progressive validation on {info.name}: {results[0].n_events if results else 0:,} events", fontsize=13)
+    title = f"Progressive validation on {info.name}: {results[0].n_events if results else 0:,} events"
+    fig.suptitle("\n".join(textwrap.wrap(title, 95)), fontsize=13)
     ax_loss.set_title(
         f"each point: the trailing {window:,} events (fewer at the start); "
         "every prediction was made before its label was learned",
@@ -711,40 +953,128 @@ def plot(
 # --------------------------------------------------------------------------- main
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse, before anything runs, options that cannot work together or on this machine."""
+    if args.vs_constant and args.scheduler is None:
+        raise CommandError("--vs-constant compares a --scheduler with a constant rate: give --scheduler too")
+    if args.drift_delta is not None and args.scheduler != "drift-aware":
+        raise CommandError("--drift-delta sets the detector of --scheduler drift-aware: give --scheduler drift-aware")
+    if any(name not in RIVER_PEERS for name in args.model):
+        _check_device(args.device)
+    for option, path in (("--plot", args.plot), ("--json", args.json)):
+        if path is not None:
+            _prepare_output(option, path)
+
+
+def _check_device(device: str) -> None:
+    if device in ("auto", "cpu"):
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise CommandError(f"--device {device}: not a device; expected cpu, cuda, cuda:N, mps or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "was built without CUDA" if torch.version.cuda is None else "finds no CUDA GPU"
+            raise CommandError(
+                f"--device {device}: this PyTorch ({torch.__version__}) {build}; use --device cpu "
+                "(or auto), or install a CUDA build of torch"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CommandError(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise CommandError(f"--device {device}: MPS is not available here; use --device cpu (or auto)")
+
+
+def _prepare_output(option: str, path: pathlib.Path) -> None:
+    """Create the folder of an output file now, so that a bad path fails before the run, not after."""
+    if path.is_dir():
+        raise CommandError(f"{option} {path}: is a folder; give a file name")
+    blocker = next((a for a in path.parents if a.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise CommandError(f"{option} {path}: {blocker} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CommandError(f"{option} {path}: cannot create its folder ({e.strerror or e})") from None
+    if not os.access(path.parent, os.W_OK):
+        raise CommandError(f"{option} {path}: the folder {path.parent} is not writable")
+
+
 def evaluate_command(args: argparse.Namespace) -> int:
+    _check_options(args)
+    dataset, info = make_stream(args)
+    stream = StoppedEarly(dataset)
+    # A wrong or empty file is reported now, before torch is imported and any model is built.
+    if next(iter(stream), None) is None:
+        _no_events(stream, info, args)
     import torch
     from tqdm.auto import tqdm
 
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _evaluate(args, tqdm)
+        return _evaluate(args, tqdm, stream, info)
     finally:
         torch.set_num_threads(threads)
 
 
-def _evaluate(args: argparse.Namespace, tqdm: Any) -> int:
-    try:
-        dataset, info = make_stream(args)
-    except FileNotFoundError as e:
-        raise SystemExit(f"river-torchrec: {e}") from None
-    results = []
-    for name in args.model:
-        model, scheduler = make_model(name, args)
-        with tqdm(total=args.n, desc=f"{name:>10}", unit="ev", disable=args.quiet, file=sys.stderr) as bar:
-            result = progressive_evaluation(
-                model, dataset, delay=args.delay, n=args.n, scheduler=scheduler, name=name, progress=bar
-            )
-        results.append(result)
-        del model
-    if results and results[0].n_events < args.n:
-        info.n_events = results[0].n_events
-        print(f"the stream ended after {info.n_events:,} events", file=sys.stderr)
+def _no_events(stream: StoppedEarly, info: StreamInfo, args: argparse.Namespace) -> None:
+    if stream.error is not None:
+        line = getattr(stream.error, "line", None)
+        hint = f" (is --data a {args.dataset} file?)" if line is not None and line <= 2 else ""
+        raise CommandError(f"{stream.error}{hint}")
+    raise CommandError(f"{info.name} holds no events (an empty file, or a header alone)")
 
-    oracle = _oracle_logloss(results[0].y, info.oracle_proba) if info.oracle_proba is not None and results else None
+
+def _stopped_early_message(stream: StoppedEarly, what: str) -> str:
+    e = stream.error
+    return f"{what} event {stream.n_good + 1:,} could not be read: {e}"
+
+
+def _evaluate(args: argparse.Namespace, tqdm: Any, stream: StoppedEarly, info: StreamInfo) -> int:
+    results = []
+    n, total = args.n, info.length
+    for name, model_name, scheduler_name in runs(args):
+        model, scheduler = make_model(model_name, args, scheduler_name)
+        with tqdm(total=total, desc=f"{name:>10}", unit="ev", disable=args.quiet, file=sys.stderr) as bar:
+            if args.checkpoint_every is not None:
+                from river_torchrec.stream_checkpoint import checkpointed_evaluation
+
+                result = checkpointed_evaluation(model, stream, args, name, bar)
+            else:
+                result = progressive_evaluation(
+                    model, stream, delay=args.delay, n=n, scheduler=scheduler, name=name, progress=bar
+                )
+        del model
+        if not results:
+            if result.n_events == 0:  # the file changed since it was first read
+                _no_events(stream, info, args)
+            # Every model sees exactly the events the first one saw.
+            n = total = result.n_events
+        results.append(result)
+    stopped = None
+    if stream.error is not None or results[0].n_events < args.n:
+        info.n_events = results[0].n_events
+        if stream.error is not None:
+            stopped = info.stopped_early = _stopped_early_message(
+                stream, f"stopped early after {info.n_events:,} events:"
+            )
+        else:
+            print(f"the stream ended after {info.n_events:,} events", file=sys.stderr)
+
+    oracle = oracle_auc = None
+    if info.oracle_proba is not None:
+        oracle = _oracle_logloss(results[0].y, info.oracle_proba)
+        oracle_auc = _oracle_auc(results[0].y, info.oracle_proba)
     print(f"\nProgressive validation on {info.name}, {info.n_events:,} events"
-          + (f", label delay {args.delay}" if args.delay > 1 else ""))
-    print(format_table(results, oracle))
+          + (f", label delay {args.delay}" if args.delay > 1 else "")
+          + (" (stopped early: see below)" if stopped else ""))
+    print(format_table(results, oracle, oracle_auc))
     print("peak RSS growth: resident memory added while the model ran, sampled (approximate).")
     window = max(1, min(args.window, max(info.n_events // 5, 1)))
     if args.json is not None:
@@ -753,13 +1083,33 @@ def _evaluate(args: argparse.Namespace, tqdm: Any) -> int:
     if args.plot is not None:
         plot(results, info, args.plot, window, args.scheduler)
         print(f"plot written to {args.plot}")
+    if args.segment is not None or args.calibration is not None or args.metrics_csv is not None or args.tensorboard is not None:
+        from river_torchrec.monitoring import cli_report
+
+        cli_report(args, results, stream.dataset)
+    if stopped:
+        print(f"river-torchrec: error: {stopped}", file=sys.stderr)
+        return 1
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``river-torchrec`` console script."""
+    """Entry point of the ``river-torchrec`` console script.
+
+    Returns the exit status: 0, 1 after an error in the command or its data (reported as
+    one line ``river-torchrec: error: ...`` on stderr, never a traceback), 2 for a usage
+    error (argparse's).
+    """
     args = parse_args(argv)
     if args.command == "evaluate":
-        return evaluate_command(args)
+        try:
+            if args.task == "rank":
+                from river_torchrec.cli_rank import rank_command
+
+                return rank_command(args)
+            return evaluate_command(args)
+        except CommandError as e:
+            print(f"river-torchrec: error: {e}", file=sys.stderr)
+            return 1
     build_parser().print_help()
     return 2

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["FieldEncoder", "parse_features", "signed_log1p", "FLOAT32_MAX", "NUMERIC"]
+__all__ = ["FieldEncoder", "MISSING_POLICIES", "parse_features", "signed_log1p", "FLOAT32_MAX", "NUMERIC"]
 
 #: The value part of a numeric field's key: a numeric field has one row, scaled by its value.
 NUMERIC = None
@@ -30,6 +30,19 @@ def signed_log1p(v: float) -> float:
 #: Largest magnitude a numeric feature may have: beyond it, float32 (the models' type) is inf.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
+#: What a NaN feature value means, the same in a dict and in a frame: ``"nan-is-missing"``
+#: (the field is absent, as with ``None``: what pandas and river's ``stream.iter_pandas``
+#: produce for an empty cell) or ``"error"`` (a ``ValueError`` naming the field).
+MISSING_POLICIES = ("nan-is-missing", "error")
+
+
+def nan_refused(field: Hashable, where: str = "") -> ValueError:
+    """The error of ``missing="error"`` for a NaN in ``field`` (``where``: e.g. ``" (row 3)"``)."""
+    return ValueError(
+        f"feature {field!r} is NaN{where} and missing='error' refuses NaN; pass None for a missing "
+        "value, or use missing='nan-is-missing'"
+    )
+
 
 def _out_of_range(field: Hashable, v: Any) -> ValueError:
     # Not repr(v): a huge int has thousands of digits (or cannot be printed at all).
@@ -43,14 +56,26 @@ def _out_of_range(field: Hashable, v: Any) -> ValueError:
     )
 
 
-def parse_features(x: dict, log_numeric: bool = False) -> Parsed:
+def parse_features(x: dict, log_numeric: bool = False, nan_missing: bool = True) -> Parsed:
     """Validate an event and return ``(field, value_key, value)`` triples.
 
-    ``None`` is missing and left out. ``str`` and ``bool`` are categorical (value 1, key
-    the value itself); ``int`` and ``float`` (numpy scalars included) are numeric (key
-    :data:`NUMERIC`, value the number, passed through :func:`signed_log1p` when
-    ``log_numeric``). Anything else, NaN or infinity raises an error that names the
-    field; nothing has been changed when it does.
+    ``None`` (and ``pandas.NA``) is missing and left out; so is NaN when ``nan_missing``
+    (``missing="nan-is-missing"``), while without it a NaN raises. ``str`` and ``bool`` are
+    categorical (value 1, key the value itself); ``int`` and ``float`` (numpy scalars
+    included) are numeric (key :data:`NUMERIC`, value the number, passed through
+    :func:`signed_log1p` when ``log_numeric``). Anything else, or an infinity, raises an
+    error that names the field; nothing has been changed when it does.
+
+    Examples
+    --------
+    >>> from river_torchrec.encoding import parse_features
+    >>> parse_features({"user": "ann", "price": float("nan"), "page": None})
+    [('user', 'ann', 1.0)]
+    >>> parse_features({"price": float("nan")}, nan_missing=False)
+    Traceback (most recent call last):
+    ...
+    ValueError: feature 'price' is NaN and missing='error' refuses NaN; pass None for a missing value, or use missing='nan-is-missing'
+
     """
     if not isinstance(x, dict):
         raise TypeError(f"features must be a dict, got {type(x).__name__}")
@@ -63,9 +88,13 @@ def parse_features(x: dict, log_numeric: bool = False) -> Parsed:
             # A comparison, not math.isfinite: it is False for NaN and never overflows on
             # a huge int; values beyond float32's range would turn into inf in the model.
             if not -FLOAT32_MAX <= v <= FLOAT32_MAX:
+                if v != v:
+                    if nan_missing:
+                        continue
+                    raise nan_refused(field)
                 raise _out_of_range(field, v)
             out.append((field, NUMERIC, signed_log1p(v) if log_numeric else float(v)))
-        elif v is None:
+        elif v is None or v is pd.NA:
             continue
         elif t is bool or isinstance(v, np.bool_):
             out.append((field, bool(v), 1.0))
@@ -77,6 +106,10 @@ def parse_features(x: dict, log_numeric: bool = False) -> Parsed:
             except (OverflowError, ValueError):
                 f = math.inf
             if not -FLOAT32_MAX <= f <= FLOAT32_MAX:
+                if f != f:
+                    if nan_missing:
+                        continue
+                    raise nan_refused(field)
                 raise _out_of_range(field, v)
             out.append((field, NUMERIC, signed_log1p(f) if log_numeric else f))
         else:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from river_torchrec.clipping import NumericClipper
-from river_torchrec.encoding import FLOAT32_MAX, NUMERIC, FieldEncoder, parse_features
+from river_torchrec.encoding import FLOAT32_MAX, MISSING_POLICIES, NUMERIC, FieldEncoder, nan_refused, parse_features
 from river_torchrec.guard import StepGuard
 from river_torchrec.nn import MODELS, PADDING_ROW, CTRModel, DynamicEmbedding
 from river_torchrec.numpy_path import NumpyPath
@@ -159,6 +159,11 @@ def frame_weights(w: Any, n: int) -> np.ndarray | list[float]:
     return [sample_weight(w)] * n
 
 
+def _nullable(series: pd.Series) -> bool:
+    """Whether a numeric column is of a pandas nullable type, whose ``NA`` cells mean missing."""
+    return isinstance(series.dtype, pd.api.extensions.ExtensionDtype)
+
+
 class OnlineLearner:
     """The model, updater and conversion core of an online estimator (not an estimator itself).
 
@@ -180,6 +185,16 @@ class OnlineLearner:
     #: (:mod:`river_torchrec.numpy_path`); tests switch it off on an instance to compare.
     _use_numpy: bool = True
 
+    #: ``missing="nan-is-missing"``: a NaN feature value is missing, in dicts and frames
+    #: alike (the class default serves estimators pickled before the parameter existed).
+    _nan_missing: bool = True
+
+    #: False: the loss is the weighted binary cross-entropy of the logits. True: it is
+    #: :meth:`_objective`, which a subclass overrides (the rankers' pairwise BPR loss); the
+    #: step then takes d loss / d logits by autograd on the logits alone, so models with
+    #: hand-written gradients keep them, and the NumPy twin (BCE only) is not used.
+    _custom_loss: bool = False
+
     def _setup(self) -> None:
         """Validate the core parameters and build the model, updater and encoder."""
         clip_numeric = self.clip_numeric
@@ -198,6 +213,10 @@ class OnlineLearner:
         if numeric not in ("log", "raw"):
             raise ValueError(f"numeric must be 'log' or 'raw', got {numeric!r}")
         self._log_numeric = numeric == "log"
+        missing = getattr(self, "missing", MISSING_POLICIES[0])
+        if missing not in MISSING_POLICIES:
+            raise ValueError(f"missing must be one of {list(MISSING_POLICIES)}, got {missing!r}")
+        self._nan_missing = missing == MISSING_POLICIES[0]
         if embeddings not in ("dynamic", "hash"):
             raise ValueError(f"embeddings must be 'dynamic' or 'hash', got {embeddings!r}")
         self._device = resolve_device(device)
@@ -218,7 +237,7 @@ class OnlineLearner:
 
     def _numpy(self) -> NumpyPath | None:
         """The NumPy twin, when it applies to this model, updater and device."""
-        if not self._use_numpy:
+        if not self._use_numpy or self._custom_loss:
             return None
         fast = self._memo.numpy
         if fast is None:
@@ -253,13 +272,17 @@ class OnlineLearner:
             torch.manual_seed(self.seed)
             net = cls(
                 embedding_dim=self.embedding_dim,
-                hidden_units=tuple(self.hidden_units),
+                hidden_units=tuple(self.hidden_units or ()),
                 table=table,
-                **(self.model_params or {}),
+                **self._model_kwargs(),
             )
         if getattr(net, "embedding", None) is None or not isinstance(net.embedding, DynamicEmbedding):
             raise TypeError(f"{cls.__name__} must keep its DynamicEmbedding in .embedding")
         return net.to(self._device)
+
+    def _model_kwargs(self) -> dict:
+        """Extra keyword arguments of the model class (``model_params``; rankers add their own)."""
+        return dict(self.model_params or {})
 
     @property
     def updater(self) -> Updater:
@@ -338,12 +361,23 @@ class OnlineLearner:
                 if (np.abs(x) > FLOAT32_MAX).any():
                     raise ValueError(
                         f"feature {col!r} has infinite values or values beyond float32's range; "
-                        "numeric features must be finite (NaN means missing in a frame)"
+                        "numeric features must be finite (NaN means missing unless missing='error')"
                     )
+                if not self._nan_missing:
+                    nan = np.isnan(x)
+                    if _nullable(series):
+                        nan &= ~series.isna().to_numpy()  # NA cells of a nullable column are missing
+                    if nan.any():
+                        raise nan_refused(col, f" in row {int(np.argmax(nan))}")
                 if self._log_numeric:
                     x = np.sign(x) * np.log1p(np.abs(x))
                 parsed.append((col, True, x))
                 continue
+            if not self._nan_missing and series.hasnans:
+                # None and pandas.NA stay missing; a float NaN among the values is refused.
+                nan = series.map(lambda v: isinstance(v, float) and v != v).to_numpy(dtype=bool)
+                if nan.any():
+                    raise nan_refused(col, f" in row {int(np.argmax(nan))}")
             try:
                 codes, uniques = pd.factorize(series, use_na_sentinel=True)
             except TypeError as e:
@@ -355,7 +389,8 @@ class OnlineLearner:
             else:
                 keys, weights = [], []
                 for u in values:
-                    ((_, key, value),) = parse_features({col: u}, self._log_numeric) or ((None, None, 0.0),)
+                    parsed_u = parse_features({col: u}, self._log_numeric, self._nan_missing)
+                    ((_, key, value),) = parsed_u or ((None, None, 0.0),)
                     keys.append((col, key))
                     weights.append(value)
             parsed.append((col, False, (codes, keys, weights)))
@@ -440,6 +475,21 @@ class OnlineLearner:
         if self.scheduler is not None:
             # Only the newly arrived events (first in the batch) are out-of-sample.
             self.scheduler.observe(losses[:n_new].detach().cpu().tolist(), self._updater)
+        self._after_step(ids)
+
+    def _after_step(self, ids: torch.Tensor) -> None:
+        """Called after every accepted torch step with the ``[B, F]`` rows it learned from
+        (the updater's selection included); only those rows and the dense parameters moved.
+        A no-op here; rankers refresh their cached item vectors from it."""
+
+    def _objective(self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-event losses and the loss to minimise (used when ``_custom_loss`` is True).
+
+        The default is the weighted binary cross-entropy, mean over the batch, which the
+        step computes inline when ``_custom_loss`` is False.
+        """
+        losses = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+        return losses, (losses * w).sum() / len(y)
 
     def _trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
         """``(name, parameter)`` pairs of the model, recomputed only when fields were added."""
@@ -471,14 +521,25 @@ class OnlineLearner:
             # autograd graph costs more than the arithmetic.
             with torch.no_grad():
                 logits, cache = forward if forward is not None else net.forward_cached(ids, vals)
-                losses = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-                loss = (losses * w).sum() / n
-                grads, rows, row_grads = net.backward_cached(cache, (torch.sigmoid(logits) - y) * w / n)
+                if self._custom_loss:
+                    with torch.enable_grad():
+                        leaf = logits.detach().requires_grad_()
+                        losses, loss = self._objective(leaf, y, w)
+                        (d_logits,) = torch.autograd.grad(loss, leaf)
+                    losses, loss = losses.detach(), loss.detach()
+                else:
+                    losses = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+                    loss = (losses * w).sum() / n
+                    d_logits = (torch.sigmoid(logits) - y) * w / n
+                grads, rows, row_grads = net.backward_cached(cache, d_logits)
             dense = [DenseGrad(name, p.data, grads[name]) for name, p in params]
             return losses, loss, dense, [SparseGrad("embedding.weight", table.weight, rows, row_grads)]
         logits = net(ids, vals)
-        losses = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-        loss = (losses * w).sum() / n
+        if self._custom_loss:
+            losses, loss = self._objective(logits, y, w)
+        else:
+            losses = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+            loss = (losses * w).sum() / n
         for _, p in params:
             p.grad = None
         loss.backward()
@@ -523,7 +584,7 @@ class OnlineLearner:
                 self._memo.entry = None
                 fast.learn(self, x, label, weight)
                 return
-        event = (parse_features(x, self._log_numeric), label, weight)
+        event = (parse_features(x, self._log_numeric, self._nan_missing), label, weight)
         if self.batch_size == 1:
             self._learn_events([event])
             return
@@ -553,14 +614,14 @@ class OnlineLearner:
     def _learn_batch(self, events: list[tuple[dict, float, float]]) -> None:
         """One step on the mean loss of several ``(x, label, weight)`` events (all validated
         before anything changes); buffered events are flushed first."""
-        parsed = [(parse_features(x, self._log_numeric), y, w) for x, y, w in events]
+        parsed = [(parse_features(x, self._log_numeric, self._nan_missing), y, w) for x, y, w in events]
         self._flush()
         if parsed:
             self._learn_events(parsed)
 
     def _predict_event(self, x: dict) -> float:
         """P(y = 1) of one event; nothing in the model changes."""
-        parsed = parse_features(x, self._log_numeric)
+        parsed = parse_features(x, self._log_numeric, self._nan_missing)
         fast = self._numpy()
         if fast is not None:
             p = fast.predict(self, x, parsed)
@@ -584,7 +645,7 @@ class OnlineLearner:
         """P(y = 1) of several events in one batched forward pass."""
         if not events:
             return np.zeros(0)
-        ids, vals = self._tensors([parse_features(x, self._log_numeric) for x in events], learn=False)
+        ids, vals = self._tensors([parse_features(x, self._log_numeric, self._nan_missing) for x in events], learn=False)
         return self._proba(ids, vals)
 
     def _proba_frame(self, X: pd.DataFrame) -> np.ndarray:

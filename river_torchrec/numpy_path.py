@@ -272,22 +272,27 @@ class NumpyPath:
         else:
             table = _table(net)
             if table.mode != "hash" and clipper is None and table.max_rows is None:
-                # The common case in one pass: every field and value known (a learned
-                # event's lookup would then find these rows and change nothing).
-                slot_of, row_of = enc.slots, table._rows
+                # The common case in one pass (``lookup(learn=False)`` inlined); ``known``: every
+                # field and value has its own row, so a learned event's lookup would find these
+                # rows and change nothing. Nothing is allocated, so the order does not matter.
+                # The vocabulary's cache of hot keys first: a dict lookup, no fingerprint.
+                slot_of, hot, row_of, oov = enc.slots, table._rows._cache, table._rows.get, table._oov
                 n_fields = net.n_fields
                 ids, vals = [PADDING_ROW] * n_fields, [0.0] * n_fields
+                known = True
                 for field, key, value in parsed:
                     slot = slot_of.get(field)
                     if slot is None:
-                        break
-                    row = row_of.get((field, key))
+                        known = False
+                        continue
+                    k = (field, key)
+                    row = hot.get(k) or row_of(k)
                     if row is None:
-                        break
+                        known = False
+                        row = oov.get(field, PADDING_ROW)
                     ids[slot] = row
                     vals[slot] = value
-                else:
-                    return ids, vals, True
+                return ids, vals, known
             # Nothing is allocated when predicting, so the order does not matter (no sort).
             slot_of = enc.slots
             slots, keys, values = [], [], []
@@ -341,7 +346,7 @@ class NumpyPath:
             ids, vals = entry.ids, entry.vals
             clf._rows_recycled = False
         else:
-            ids, vals, _ = self._arrange(clf, parse_features(x, clf._log_numeric), learn=True)
+            ids, vals, _ = self._arrange(clf, parse_features(x, clf._log_numeric, clf._nan_missing), learn=True)
         updater = clf._updater
         lay = self._layout
         snapshot = None

@@ -20,7 +20,7 @@ predictions as a run that was never interrupted.
 are and a list as a list; everything else is a one-key object whose key starts with ``$``,
 so any value round-trips losslessly and a plain dict never collides with a tag:
 ``{"$tuple": [...]}``, ``{"$float": "nan"}``, ``{"$dict": [[key, value], ...]}`` (a dict
-whose keys are not all plain strings), ``{"$odict": ...}``, ``{"$set": ...}``,
+whose keys are not all plain strings), ``{"$odict": ...}``, ``{"$counter": ...}``, ``{"$set": ...}``,
 ``{"$bytes": base64}``, ``{"$tensor": "extra.safetensors:<key>"}``, ``{"$type":
 "module:qualname"}`` (a class), ``{"$new": "module:qualname", "params": {...}}`` (an object
 rebuilt by calling its class with ``params``: how ``config.json`` stores an ``optimizer``
@@ -33,6 +33,8 @@ detector, say). Vocabulary keys (field names and values: ``str``, ``bool``, ``No
 **Classes.** Loading imports a class by qualified name only when its module is in
 :data:`TRUSTED_MODULES` (``river_torchrec`` and ``river``) or when the class itself is
 passed in ``trusted_classes``; the module name is checked *before* anything is imported.
+The plain types ``str``, ``int``, ``float``, ``bool``, ``bytes``, ``complex`` and the
+``numbers`` ABCs are trusted too (a ``compose.SelectType(str)`` step names one).
 A custom :class:`~river_torchrec.nn.CTRModel` subclass, updater or scheduler defined in
 your own package therefore loads with ``load(path, trusted_classes=[MyModel])``.
 
@@ -85,6 +87,7 @@ import importlib
 import inspect
 import json
 import math
+import numbers
 import os
 import random
 import secrets
@@ -109,6 +112,8 @@ __all__ = ["CheckpointError", "FORMAT_VERSION", "TRUSTED_MODULES", "load", "save
 #: Version of the checkpoint layout; :func:`load` reads this version only.
 FORMAT_VERSION = 1
 FORMAT = "river_torchrec.checkpoint"
+#: Format name of whole-pipeline checkpoints (:mod:`river_torchrec.pipeline_checkpoint`).
+PIPELINE_FORMAT = "river_torchrec.pipeline_checkpoint"
 #: Modules whose classes :func:`load` may import without being told to.
 TRUSTED_MODULES: tuple[str, ...] = ("river_torchrec", "river")
 
@@ -141,6 +146,13 @@ def qualified_name(cls: type) -> str:
     return name
 
 
+#: Plain types a step may name as data (``compose.SelectType(str)``), trusted like our classes.
+_SAFE_TYPES = {
+    f"{t.__module__}:{t.__qualname__}": t
+    for t in (str, int, float, bool, bytes, complex, numbers.Number, numbers.Real, numbers.Integral)
+}
+
+
 class _Classes:
     """Resolve ``"module:qualname"`` through the allow-list."""
 
@@ -154,7 +166,7 @@ class _Classes:
     def resolve(self, name: Any, where: str, kind: type | None = None) -> type:
         if not isinstance(name, str) or name.count(":") != 1:
             raise CheckpointError(f"{where}: malformed class name {name!r}")
-        cls = self.trusted.get(name)
+        cls = self.trusted.get(name) or _SAFE_TYPES.get(name)
         if cls is None:
             module, qualname = name.split(":")
             if not any(module == m or module.startswith(m + ".") for m in TRUSTED_MODULES):
@@ -216,6 +228,8 @@ class _Encoder:
             return {"$dict": self._pairs(v, where)}
         if t is collections.OrderedDict:
             return {"$odict": self._pairs(v, where)}
+        if t is collections.Counter:
+            return {"$counter": self._pairs(v, where)}
         if t is collections.defaultdict:
             factory = v.default_factory
             if factory is not None and _DEFAULTDICT_FACTORIES.get(getattr(factory, "__name__", None)) is not factory:
@@ -339,6 +353,8 @@ class _Decoder:
             return dict(self._pairs(body, where))
         if tag == "$odict":
             return collections.OrderedDict(self._pairs(body, where))
+        if tag == "$counter":
+            return collections.Counter(dict(self._pairs(body, where)))
         if tag == "$defaultdict":
             factory = v["factory"]
             if factory is not None and factory not in _DEFAULTDICT_FACTORIES:
@@ -447,7 +463,9 @@ def _restore_vocabulary(table: DynamicEmbedding, voc: dict, dec: _Decoder, where
     def key(f: Any, v: Any) -> tuple:
         return (f if type(f) is str else dec(f, where), v if type(v) is str or v is None else dec(v, where))
 
-    table._rows = collections.OrderedDict((key(f, v), int(r)) for f, v, r in voc["rows"])
+    table.set_vocabulary([(key(f, v), int(r)) for f, v, r in voc["rows"]])
+    # Checkpoints from before rows were drawn lazily drew every allocated row.
+    table._init_upto = max(table._init_upto, int(voc["next_row"]))
     table._oov = {dec(f, where): int(r) for f, r in voc["oov"]}
     table._pending = collections.OrderedDict((key(f, v), int(n)) for f, v, n in voc["pending"])
     table._recycled = [int(r) for r in voc["recycled"]]
@@ -518,9 +536,9 @@ def _serialize(model: OnlineLearner) -> dict[str, bytes]:
     }
 
 
-def _manifest_bytes(files: dict[str, bytes]) -> bytes:
+def _manifest_bytes(files: dict[str, bytes], fmt: str = FORMAT) -> bytes:
     body = {
-        "format": FORMAT,
+        "format": fmt,
         "format_version": FORMAT_VERSION,
         "files": {name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in files.items()},
     }
@@ -597,16 +615,25 @@ def save(model: OnlineLearner, path: str | os.PathLike) -> None:
         raise FileExistsError(f"{path} exists and is not a checkpoint; refusing to replace it")
     with getattr(model, "_lock", None) or contextlib.nullcontext():
         files = _serialize(model)
-    files[MANIFEST] = _manifest_bytes(files)
+    _commit(path, files)
 
+
+def _commit(path: Path, files: dict[str, bytes], fmt: str = FORMAT) -> None:
+    """Write ``files`` (names relative to ``path``, ``/`` for sub-folders) and their manifest
+    into a temporary directory, then swap it in for ``path`` as the module docstring says."""
+    files = {**files, MANIFEST: _manifest_bytes(files, fmt)}
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     tmp.mkdir()
     try:
         for name, data in files.items():  # the manifest last: it is what makes a checkpoint
-            _write(tmp / name, data)
-        _fsync_dir(tmp)
+            target = tmp / name
+            if target.parent != tmp:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            _write(target, data)
+        for folder in sorted({(tmp / name).parent for name in files}, key=lambda f: -len(f.parts)):
+            _fsync_dir(folder)
         with _SWAP_LOCK:
             backup = _backup(path)
             if path.exists():
@@ -626,7 +653,11 @@ def save(model: OnlineLearner, path: str | os.PathLike) -> None:
 # ----------------------------------------------------------------------- loading
 
 
-def _read_verified(path: Path) -> dict[str, bytes]:
+def _read_verified(path: Path, fmt: str = FORMAT, names: Sequence[str] | None = FILES) -> dict[str, bytes]:
+    """Every file of the checkpoint at ``path``, checked against its manifest (format ``fmt``).
+
+    ``names``: the files that must be listed; None reads every file the manifest lists.
+    """
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a checkpoint directory")
     try:
@@ -639,8 +670,13 @@ def _read_verified(path: Path) -> dict[str, bytes]:
             raise ValueError("not an object")
     except ValueError as e:
         raise CheckpointError(f"{path}: {MANIFEST} is corrupted ({e})") from None
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: {MANIFEST} is corrupted or not a {FORMAT} manifest")
+    if manifest.get("format") != fmt:
+        found = manifest.get("format")
+        if found in (FORMAT, PIPELINE_FORMAT):
+            what = "a whole pipeline" if found == PIPELINE_FORMAT else "one estimator"
+            reader = "river_torchrec.load_pipeline" if found == PIPELINE_FORMAT else "the estimator's load"
+            raise CheckpointError(f"{path} is the checkpoint of {what}: read it with {reader}")
+        raise CheckpointError(f"{path}: {MANIFEST} is corrupted or not a {fmt} manifest")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(
@@ -651,8 +687,14 @@ def _read_verified(path: Path) -> dict[str, bytes]:
     if digest != hashlib.sha256(_canonical(manifest)).hexdigest() or raw != _manifest_self(manifest, digest):
         raise CheckpointError(f"{path}: {MANIFEST} is corrupted (checksum mismatch)")
     files = manifest.get("files")
+    if names is None:
+        names = list(files) if isinstance(files, dict) else []
+        for name in names:
+            parts = Path(name).parts
+            if not isinstance(name, str) or Path(name).is_absolute() or ".." in parts or name == MANIFEST:
+                raise CheckpointError(f"{path}: {MANIFEST} lists a file outside the checkpoint: {name!r}")
     out = {}
-    for name in FILES:
+    for name in names:
         meta = files.get(name) if isinstance(files, dict) else None
         if not isinstance(meta, dict):
             raise CheckpointError(f"{path}: {MANIFEST} does not list {name}")
@@ -751,10 +793,20 @@ def load(
     """
     path = _locate(Path(path))
     files = _read_verified(path)
+    try:
+        return _from_files(files, device, trusted_classes)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from e.__cause__
+
+
+def _from_files(
+    files: dict[str, bytes], device: str | None = None, trusted_classes: Sequence[type] = ()
+) -> OnlineLearner:
+    """The estimator of the (verified) checkpoint files ``config.json``, ``state.json``, ..."""
     config = _load_json(files, "config.json")
     state = _load_json(files, "state.json")
     if config.get("format_version") != FORMAT_VERSION or state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: config.json or state.json is of another format version")
+        raise CheckpointError("config.json or state.json is of another format version")
     tensors = {
         "updater": _load_tensors(files, "updater.safetensors"),
         "extra": _load_tensors(files, "extra.safetensors"),
@@ -763,10 +815,10 @@ def load(
     classes = _Classes(trusted_classes)
     try:
         return _rebuild(config, state, weights, tensors, classes, device)
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from e.__cause__
+    except CheckpointError:
+        raise
     except Exception as e:
-        raise CheckpointError(f"{path}: the checkpoint does not fit: {type(e).__name__}: {e}") from e
+        raise CheckpointError(f"the checkpoint does not fit: {type(e).__name__}: {e}") from e
 
 
 def _rebuild(

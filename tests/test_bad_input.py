@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from river import evaluate, metrics, stream
 
 from river_torchrec import CTRClassifier, datasets
 
@@ -25,11 +26,10 @@ def _trained(**params) -> CTRClassifier:
 
 
 BAD_FEATURES = [
-    ({"price": math.nan}, ValueError, "'price'"),
+    # NaN is missing by default (missing="nan-is-missing"); see the tests of missing= below.
     ({"price": -math.inf}, ValueError, "'price'"),
     ({"price": 1e39}, ValueError, "'price'.*float32"),
     ({"price": 10**400}, ValueError, "'price'.*too large"),
-    ({"price": np.float64("nan")}, ValueError, "'price'"),
     ({"price": np.float32("inf")}, ValueError, "'price'"),
     ({"price": 2 + 3j}, TypeError, "'price'.*complex"),
     ({"price": decimal.Decimal("1.5")}, TypeError, "'price'.*Decimal"),
@@ -168,6 +168,83 @@ def test_duplicate_frame_columns_are_refused():
     with pytest.raises(ValueError, match="duplicate columns.*price"):
         clf.learn_many(X, pd.Series([True]))
     assert pickle.dumps(clf) == before
+
+
+NAN_VALUES = [math.nan, np.float64("nan"), np.float32("nan"), float("-nan")]
+
+
+@pytest.mark.parametrize("nan", NAN_VALUES)
+def test_nan_in_a_dict_is_missing_by_default_like_an_absent_key(nan):
+    clf = _trained(model="fm")
+    x = {"user_id": "u1", "price": nan}
+    assert clf.predict_proba_one(x) == clf.predict_proba_one({"user_id": "u1"})
+    twin = _trained(model="fm")
+    clf.learn_one(x, True)
+    twin.learn_one({"user_id": "u1"}, True)
+    ours, theirs = clf.model_.state_dict(), twin.model_.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert clf.n_fields == twin.n_fields  # a field seen only as NaN is not registered
+
+
+@pytest.mark.parametrize("nan", NAN_VALUES)
+def test_missing_error_refuses_nan_in_a_dict_and_changes_nothing(nan):
+    clf = _trained(model="deepfm", missing="error")
+    before = pickle.dumps(clf)
+    message = "feature 'price' is NaN and missing='error' refuses NaN; pass None for a missing value"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        clf.learn_one({"a_new_field": "v", "price": nan}, True)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        clf.predict_proba_one({"price": nan})
+    assert pickle.dumps(clf) == before
+    clf.learn_one({"price": None}, True)  # None still means missing
+
+
+@pytest.mark.parametrize(
+    "column, row",
+    [
+        (pd.Series([1.0, 2.0, math.nan]), 2),  # a float column
+        (pd.Series(["a", None, "b"]), 1),  # pandas >= 3 stores this None as NaN (str dtype)
+        (pd.Series(["a", math.nan], dtype=object), 1),
+    ],
+    ids=["float", "str", "object"],
+)
+def test_missing_error_refuses_nan_in_a_frame_as_in_a_dict(column, row):
+    clf = _trained(model="fm", missing="error")
+    X = pd.DataFrame({"user_id": ["u1"] * len(column), "price": column})
+    before = pickle.dumps(clf)
+    message = f"feature 'price' is NaN in row {row} and missing='error' refuses NaN"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        clf.learn_many(X, pd.Series([True] * len(X)))
+    assert pickle.dumps(clf) == before
+    # Each row as river's iter_pandas hands it over is refused the same way.
+    dicts = [dict(x) for x, _ in stream.iter_pandas(X)]
+    with pytest.raises(ValueError, match="'price' is NaN"):
+        clf.learn_one(dicts[row], True)
+    # None in an object column and NA in a nullable one are missing, not NaN.
+    ok = pd.DataFrame({"user_id": pd.Series(["u1", None], dtype=object), "price": pd.array([2, None], dtype="Int64")})
+    clf.learn_many(ok, pd.Series([True, False]))
+
+
+def test_missing_must_be_a_known_policy():
+    with pytest.raises(ValueError, match=re.escape("missing must be one of ['nan-is-missing', 'error'], got 'drop'")):
+        CTRClassifier(missing="drop")
+
+
+def test_progressive_val_score_on_a_frame_with_nan_cells_equals_learn_one_on_clean_dicts():
+    rng = np.random.default_rng(3)
+    n = 300
+    X = pd.DataFrame({
+        "user_id": rng.choice(["u1", "u2", "u3", None], n),
+        "price": np.where(rng.random(n) < 0.3, np.nan, rng.lognormal(1.0, 0.5, n)),
+    })
+    y = pd.Series(rng.random(n) < 0.3)
+    score = evaluate.progressive_val_score(stream.iter_pandas(X, y), CTRClassifier(model="fm", seed=2), metrics.LogLoss())
+    # The same events with their NaN and None cells left out of the dicts.
+    clean = [({k: v for k, v in x.items() if isinstance(v, str) or (v is not None and v == v)}, yy)
+             for x, yy in stream.iter_pandas(X, y)]
+    reference = evaluate.progressive_val_score(clean, CTRClassifier(model="fm", seed=2), metrics.LogLoss())
+    assert score.get() == reference.get()
+    assert 0.3 < score.get() < 0.75
 
 
 def test_nan_in_a_frame_is_missing_like_an_absent_key():

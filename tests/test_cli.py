@@ -127,10 +127,13 @@ def test_schedulers_are_found_by_name():
 
 
 def test_file_dataset_needs_data(capsys):
-    with pytest.raises(SystemExit, match="--data PATH"):
-        cli.main(["--dataset", "criteo", "--n", "10", "--quiet"])
-    with pytest.raises(SystemExit, match="nowhere.txt does not exist"):
-        cli.main(["--dataset", "avazu", "--data", "nowhere.txt", "--n", "10", "--quiet"])
+    assert cli.main(["--dataset", "criteo", "--n", "10", "--quiet"]) == 1
+    assert capsys.readouterr().err == (
+        "river-torchrec: error: --dataset criteo needs --data PATH: the criteo data may not be redistributed, "
+        "so it is never downloaded; point --data at your copy\n"
+    )
+    assert cli.main(["--dataset", "avazu", "--data", "nowhere.txt", "--n", "10", "--quiet"]) == 1
+    assert capsys.readouterr().err == "river-torchrec: error: --data nowhere.txt does not exist\n"
 
 
 def test_criteo_file_from_a_folder(tmp_path, capsys):

@@ -105,3 +105,72 @@ def test_forward_records_touched_rows_for_sparse_updates():
 def test_bad_arguments_are_rejected(kwargs):
     with pytest.raises(ValueError):
         DynamicEmbedding(**kwargs)
+
+
+def _filled(batch: int, n: int = 10_000, seed: int = 3) -> tuple[DynamicEmbedding, list[int]]:
+    table = DynamicEmbedding(dim=3, seed=seed, zero_cols=1)
+    keys = [("f", f"v{i % (n // 2)}") if i % 3 else ("g", i) for i in range(n)]  # repeats and new keys
+    rows = []
+    for lo in range(0, n, batch):
+        rows += table.lookup(keys[lo : lo + batch], learn=True)
+    return table, rows
+
+
+def test_batched_lookups_give_the_same_rows_and_initial_values_as_one_key_at_a_time():
+    one, rows_one = _filled(batch=1)
+    big, rows_big = _filled(batch=5_000)  # the vectorised path
+    mixed, rows_mixed = _filled(batch=63)  # the per-key loop, in batches
+    assert rows_one == rows_big == rows_mixed
+    assert one.key_to_row() == big.key_to_row() == mixed.key_to_row()
+    used = len(one) + 1
+    assert torch.equal(one.weight[:used], big.weight[:used]) and torch.equal(one.weight[:used], mixed.weight[:used])
+    drawn = one.weight[1024:used]
+    assert torch.all(drawn[:, 0] == 0)  # zero_cols
+    assert float(drawn[:, 1:].std()) == pytest.approx(0.01, rel=0.05)
+
+
+def test_growth_leaves_unused_capacity_zero_until_rows_are_handed_out():
+    table = DynamicEmbedding(dim=2, initial_capacity=8, seed=0)
+    table.lookup([("f", i) for i in range(5_000)], learn=True)
+    assert table.capacity == 8192
+    # Rows are drawn in aligned blocks of 4,096 as they are handed out: the rest stays zero.
+    assert table._init_upto == 8192 and torch.count_nonzero(table.weight[5_001:]) > 0
+    table = DynamicEmbedding(dim=2, initial_capacity=8, seed=0)
+    table.lookup([("f", i) for i in range(3_000)], learn=True)
+    assert table.capacity == 4096 and table._init_upto == 4096
+    before = table.weight[:3_001].clone()
+    table.lookup([("f", i) for i in range(3_000, 4_200)], learn=True)
+    assert table.capacity == 8192 and table._init_upto == 8192
+    assert torch.equal(table.weight[:3_001], before)
+    # Row values depend on the seed and the row only: a table grown in one go agrees.
+    direct = DynamicEmbedding(dim=2, initial_capacity=8, seed=0)
+    direct.lookup([("f", i) for i in range(4_200)], learn=True)
+    assert torch.equal(direct.weight[:4_201], table.weight[:4_201])
+
+
+def test_a_pickle_with_a_dict_vocabulary_loads_into_the_key_table():
+    import collections
+
+    table = DynamicEmbedding(dim=2, max_rows=50)
+    rows = table.lookup([("f", f"v{i}") for i in range(30)], learn=True)
+    table.lookup([("f", "v3")], learn=True)
+    order = list(table._rows.items())
+    old = pickle.loads(pickle.dumps(table))
+    # What a table pickled before the KeyTable vocabulary holds.
+    old.__dict__["_rows"] = collections.OrderedDict(order)
+    del old.__dict__["_init_upto"]
+    restored = pickle.loads(pickle.dumps(old))
+    assert list(restored._rows.items()) == order and order[-1] == (("f", "v3"), rows[3])
+    assert restored._init_upto == restored.capacity
+    assert restored.lookup([("f", "v7"), ("f", "new")], learn=True) == [rows[7], 31]
+
+
+def test_set_vocabulary_keeps_recency_for_eviction():
+    table = DynamicEmbedding(dim=2, max_rows=3)
+    a, b, c = table.lookup([("f", "a"), ("f", "b"), ("f", "c")], learn=True)
+    table.lookup([("f", "a")], learn=True)
+    saved = list(table._rows.items())
+    assert saved == [(("f", "b"), b), (("f", "c"), c), (("f", "a"), a)]
+    table.set_vocabulary(saved)
+    (d,) = table.lookup([("f", "d")], learn=True)
+    assert d == b and table.lookup([("f", "b")], learn=False) == [PADDING_ROW]

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from .avazu import Avazu
 from .criteo import Criteo
+from .interactions import SyntheticInteractions
 from .movielens import MovieLens100K
+from .sparse_ctr import RepeatVisits, SparseCTR
 from .synthetic import SyntheticCTR
 
-__all__ = ["Avazu", "Criteo", "MovieLens100K", "SyntheticCTR"]
+__all__ = ["Avazu", "Criteo", "MovieLens100K", "RepeatVisits", "SparseCTR", "SyntheticCTR"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from river.datasets import base
@@ -46,6 +46,10 @@ FEATURES = (
     "genres",
 )
 ZIP_PREFIX_LEN = 3
+#: The user and item side features of `MovieLens100K.interactions` (everything but ids and time).
+USER_FEATURES = ("age", "gender", "occupation", "zip_prefix")
+ITEM_FEATURES = ("release_year", "genres")
+SIDE_FEATURES = USER_FEATURES + ITEM_FEATURES
 
 _CSV_STEMS = ("movielens100k_ratings", "movielens100k_users", "movielens100k_items")
 _GROUPLENS = ("u.data", "u.user", "u.item")
@@ -181,6 +185,63 @@ class MovieLens100K(base.FileDataset):
             x.update(users.get(user, ()))
             x.update(items.get(item, ()))
             yield x, rating >= threshold
+
+    def interactions(
+        self, rating: bool = False, features: Sequence[str] | None = None
+    ) -> Iterator[tuple[str, str, bool | float, dict[str, str | int | float]]]:
+        """The same events as `(user, item, y, x)` interactions, for rankers.
+
+        `user` and `item` are the ids; `y` is `rating >= threshold` (or, with `rating`, the
+        rating itself, for rankers of explicit feedback); `x` holds the side features of the
+        user (`age`, `gender`, `occupation`, `zip_prefix`) and of the item
+        (`release_year`, `genres`), or only the keys named in `features` (the `timestamp`
+        is left out unless named). Missing values leave their key out, as in `x` above.
+        When ranking, the item's own features must not be part of the context (they would
+        give the chosen item away): pass `ITEM_FEATURES` to
+        `river_torchrec.evaluate.evaluate_ranking(item_features=...)`.
+
+        Examples
+        --------
+
+        >>> import pathlib, shutil, tempfile
+        >>> from river_torchrec.datasets import MovieLens100K
+
+        >>> tmp = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (tmp / "u.data").write_text("1\\t10\\t5\\t900000200\\n")
+        >>> _ = (tmp / "u.user").write_text("1|30|F|writer|12345\\n")
+        >>> _ = (tmp / "u.item").write_text("|".join(["10", "Up", "01-Jan-1996", "", "",
+        ...                                           *["0"] * 8, "1", *["0"] * 10]) + "\\n")
+        >>> next(MovieLens100K(tmp).interactions())
+        ('1', '10', True, {'age': 30.0, 'gender': 'F', 'occupation': 'writer',
+         'zip_prefix': '123', 'release_year': 1996.0, 'genres': 'drama'})
+        >>> next(MovieLens100K(tmp).interactions(rating=True, features=["genres"]))
+        ('1', '10', 5.0, {'genres': 'drama'})
+        >>> shutil.rmtree(tmp)
+
+        """
+        keep = set(SIDE_FEATURES if features is None else features)
+        unknown = keep - set(FEATURES)
+        if unknown:
+            raise ValueError(
+                f"unknown MovieLens features {sorted(unknown)}; choose from {list(FEATURES)}"
+            )
+        threshold = self.threshold
+        for (user, item, value, timestamp), (users, items) in self._rows():
+            x: dict[str, str | int | float] = {"timestamp": timestamp} if "timestamp" in keep else {}
+            for k, v in (*users.get(user, {}).items(), *items.get(item, {}).items()):
+                if k in keep:
+                    x[k] = v
+            yield user, item, (value if rating else value >= threshold), x
+
+    def _rows(self) -> Iterator[tuple[tuple[str, str, float, int], tuple[dict, dict]]]:
+        layout = self._layout
+        users = _read_users(layout)
+        items = _read_items(layout)
+        ratings = _read_ratings(layout)
+        ratings.sort(key=lambda r: r[3])
+        side = (users, items)
+        for row in ratings:
+            yield row, side
 
 
 def _resolve(path: pathlib.Path) -> _Layout:

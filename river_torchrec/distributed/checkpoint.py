@@ -47,6 +47,7 @@ def classifier_state(clf: CTRClassifier) -> dict[str, Any]:
         "pending": list(table._pending.items()),
         "next_row": table._next_row,
         "n_draws": table._n_draws,
+        "init_upto": table._init_upto,
         "updater": clf.updater.state_dict(),
         "n_rejected": clf.n_rejected_,
     }
@@ -60,11 +61,12 @@ def load_classifier_state(clf: CTRClassifier, state: dict[str, Any]) -> None:
     # The table may have grown: take the saved buffer as is before loading the rest.
     table.weight = state["model"]["embedding.weight"].to(table.weight.device)
     clf.model_.load_state_dict(state["model"])
-    table._rows = collections.OrderedDict(state["rows"])
+    table.set_vocabulary(state["rows"])
     table._oov = dict(state["oov"])
     table._pending = collections.OrderedDict(state["pending"])
     table._next_row = state["next_row"]
     table._n_draws = state["n_draws"]
+    table._init_upto = state.get("init_upto", max(table._next_row, table.capacity))
     clf.updater.load_state_dict(state["updater"])
     clf.n_rejected_ = state["n_rejected"]
 

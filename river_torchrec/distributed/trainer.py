@@ -255,7 +255,7 @@ class DistributedCTR:
     def _parse(self, chunk: list[tuple[dict, Any]]) -> list[tuple[list, float, float]]:
         events = []
         for x, y in chunk:
-            parsed = parse_features(x, self.classifier._log_numeric)
+            parsed = parse_features(x, self.classifier._log_numeric, self.classifier._nan_missing)
             if self._declared is not None:
                 extra = {f for f, _, _ in parsed if f not in self._declared} - self._warned
                 if extra:

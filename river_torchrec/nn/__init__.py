@@ -10,6 +10,7 @@ from river_torchrec.nn.fm import FM
 from river_torchrec.nn.hashing import stable_hash64
 from river_torchrec.nn.lr import LogisticRegression
 from river_torchrec.nn.mlp import MLP
+from river_torchrec.nn.two_tower import TwoTower
 from river_torchrec.nn.wide_deep import WideAndDeep
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "LogisticRegression",
     "MLP",
     "PADDING_ROW",
+    "TwoTower",
     "WideAndDeep",
     "stable_hash64",
 ]

@@ -1,0 +1,306 @@
+"""OnlineMixture and RunningPrior: the Bayes-mixture bound, closed forms, bad input, river checks."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from river import checks, linear_model
+
+from river_torchrec import CTRClassifier, datasets
+from river_torchrec.auto import AutoCTRClassifier
+from river_torchrec.mixture import OnlineMixture, RunningPrior
+
+
+class Constant:
+    """A member that always predicts ``p`` and learns nothing."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def predict_proba_one(self, x: dict) -> dict:
+        return {False: 1.0 - self.p, True: self.p}
+
+    def learn_one(self, x: dict, y: bool, w: float = 1.0) -> None:
+        pass
+
+
+class Recorder:
+    """Wraps a member and records the probability it gave each event before learning it."""
+
+    def __init__(self, member) -> None:
+        self.member = member
+        self.preds: list[float] = []
+
+    def predict_proba_one(self, x: dict) -> dict:
+        out = self.member.predict_proba_one(x)
+        self.preds.append(out[True])
+        return out
+
+    def learn_one(self, x: dict, y: bool, w: float = 1.0) -> None:
+        self.member.learn_one(x, y)
+
+
+def _losses(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-15, 1.0)
+    return np.where(y > 0.5, -np.log(p), -np.log(np.clip(1.0 - p, 1e-15, 1.0)))
+
+
+def _progressive(model, events) -> np.ndarray:
+    out = []
+    for x, y in events:
+        out.append(model.predict_proba_one(x)[True])
+        model.learn_one(x, y)
+    return np.array(out)
+
+
+def test_bayes_bound_with_a_deliberately_bad_member() -> None:
+    events = list(datasets.SyntheticCTR(n_events=1_500, seed=3))
+    y = np.array([float(t) for _, t in events])
+    members = [
+        Recorder(RunningPrior()),
+        Recorder(CTRClassifier(model="lr", lr=0.05, seed=1)),
+        Recorder(Constant(0.99)),  # predicts a click on a 10% stream: deliberately bad
+    ]
+    mix = OnlineMixture(members)
+    p = _progressive(mix, events)
+    member_losses = [float(_losses(y, np.array(m.preds)).sum()) for m in members]
+    mix_loss = float(_losses(y, p).sum())
+    # The Bayes-mixture bound, exactly: cumulative loss <= best member's + log N.
+    assert mix_loss <= min(member_losses) + math.log(3) + 1e-9
+    assert mix.regret_bound() == math.log(3)
+    np.testing.assert_allclose(mix.member_losses_, member_losses, rtol=1e-12)
+    # The bad member is far worse than the bound, and its weight is gone.
+    assert member_losses[2] > min(member_losses) + 1_000
+    assert mix.weights_[2] < 1e-100
+    assert mix.n_learned_ == len(events)
+
+
+def test_weights_are_the_posterior_in_closed_form() -> None:
+    mix = OnlineMixture([Constant(0.2), Constant(0.7)])
+    labels = [True, False, True, True, False, True]
+    for t in labels:
+        mix.predict_proba_one({})
+        mix.learn_one({}, t)
+    like = [math.prod(p if t else 1 - p for t in labels) for p in (0.2, 0.7)]
+    np.testing.assert_allclose(mix.weights_, [v / sum(like) for v in like], rtol=1e-12)
+    expected = sum(w * p for w, p in zip(mix.weights_, (0.2, 0.7)))
+    assert mix.predict_proba_one({})[True] == pytest.approx(expected, rel=1e-12)
+
+
+def test_identical_members_give_the_member_itself() -> None:
+    events = list(datasets.SyntheticCTR(n_events=300, seed=2))
+    alone = _progressive(RunningPrior(), events)
+    mixed = _progressive(OnlineMixture([RunningPrior(), RunningPrior()]), events)
+    np.testing.assert_allclose(mixed, alone, rtol=1e-12)
+
+
+def test_sample_weight_counts_as_repeated_evidence() -> None:
+    once = OnlineMixture([Constant(0.3), Constant(0.6)])
+    once.learn_one({}, True, 2.0)
+    twice = OnlineMixture([Constant(0.3), Constant(0.6)])
+    twice.learn_one({}, True)
+    twice.learn_one({}, True)
+    np.testing.assert_allclose(once.weights_, twice.weights_, rtol=1e-12)
+    np.testing.assert_allclose(once.weights_, [0.09 / 0.45, 0.36 / 0.45], rtol=1e-12)
+
+
+def test_fixed_share_bound_and_recovery_after_a_switch() -> None:
+    # Member 0 is right for the first half, member 1 for the second.
+    rng = np.random.default_rng(0)
+    n = 2_000
+    truth = np.where(np.arange(n) < n // 2, 0.1, 0.6)
+    labels = rng.random(n) < truth
+
+    class Switching:
+        def __init__(self, first: float, second: float) -> None:
+            self.t, self.first, self.second = 0, first, second
+
+        def predict_proba_one(self, x):
+            p = self.first if self.t < n // 2 else self.second
+            return {False: 1 - p, True: p}
+
+        def learn_one(self, x, y, w=1.0):
+            self.t += 1
+
+    def run(share: float) -> tuple[np.ndarray, list[np.ndarray], OnlineMixture]:
+        members = [Recorder(Switching(0.1, 0.1)), Recorder(Switching(0.6, 0.6))]
+        mix = OnlineMixture(members, share=share)
+        p = _progressive(mix, [({}, bool(t)) for t in labels])
+        return p, [np.array(m.preds) for m in members], mix
+
+    y = labels.astype(float)
+    p_bayes, members, _ = run(0.0)
+    p_share, _, mix = run(0.01)
+    best = min(_losses(y, m).sum() for m in members)
+    assert _losses(y, p_share).sum() <= best + mix.regret_bound() + 1e-9
+    assert mix.regret_bound() == pytest.approx(math.log(2) + n * -math.log(0.99))
+    # After the switch the plain Bayes mixture must first pay back member 0's lead.
+    second = slice(n // 2, n)
+    assert _losses(y[second], p_share[second]).sum() < _losses(y[second], p_bayes[second]).sum() - 20
+
+
+def test_learn_many_equals_learn_one_for_members_that_do_not_learn() -> None:
+    X = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0]})
+    y = pd.Series([True, False, False, True])
+    frame = OnlineMixture([Constant(0.2), Constant(0.7)])
+    frame.learn_many(X, y)
+    one = OnlineMixture([Constant(0.2), Constant(0.7)])
+    for x, t in zip(X.to_dict("records"), y):
+        one.learn_one(x, t)
+    np.testing.assert_allclose(frame.weights_, one.weights_, rtol=1e-12)
+    p = frame.predict_proba_many(X)[True]
+    assert p.tolist() == pytest.approx([frame.predict_proba_one(x)[True] for x in X.to_dict("records")])
+
+
+def test_running_prior_closed_form_and_regret() -> None:
+    rng = np.random.default_rng(1)
+    labels = rng.random(5_000) < 0.04
+    prior = RunningPrior()
+    p = _progressive(prior, [({}, bool(t)) for t in labels])
+    clicks = np.concatenate([[0], np.cumsum(labels)[:-1]])
+    np.testing.assert_allclose(p, (clicks + 0.5) / (np.arange(len(labels)) + 1.0), rtol=1e-12)
+    y = labels.astype(float)
+    rate = y.mean()
+    best_constant = -(y.sum() * math.log(rate) + (len(y) - y.sum()) * math.log(1 - rate))
+    # Krichevsky-Trofimov: at most 0.5 log n + log 2 worse than the best constant in hindsight.
+    assert _losses(y, p).sum() <= best_constant + 0.5 * math.log(len(y)) + math.log(2)
+    prior.learn_many(pd.DataFrame({"a": [0, 0]}), pd.Series([True, True]), pd.Series([2.0, 1.0]))
+    assert prior.clicks_ == y.sum() + 3 and prior.n_ == len(y) + 3
+
+
+def test_bad_input_leaves_everything_unchanged() -> None:
+    clf = CTRClassifier(model="lr", seed=1)
+    prior = RunningPrior()
+    mix = OnlineMixture([prior, clf])
+    for t in range(30):
+        mix.learn_one({"u": f"u{t % 3}"}, t % 2 == 0)
+    state = (list(mix.weights_), list(mix.member_losses_), mix.n_learned_, prior.n_, prior.clicks_)
+    p = mix.predict_proba_one({"u": "u1"})[True]
+    with pytest.raises(ValueError, match=r"label must be a bool or 0/1, got 2 \(int\)"):
+        mix.learn_one({"u": "u1"}, 2)
+    with pytest.raises(ValueError, match=r"sample weight must be finite and >= 0, got -1"):
+        mix.learn_one({"u": "u1"}, True, -1)
+    with pytest.raises(TypeError, match="'u'"):
+        mix.learn_one({"u": [1, 2]}, True)
+    assert (list(mix.weights_), list(mix.member_losses_), mix.n_learned_, prior.n_, prior.clicks_) == state
+    assert mix.predict_proba_one({"u": "u1"})[True] == p
+    with pytest.raises(ValueError, match="members must hold at least one classifier"):
+        OnlineMixture([])
+    with pytest.raises(ValueError, match=r"share must be a number in \[0, 1\), got 1"):
+        OnlineMixture([prior], share=1)
+    with pytest.raises(TypeError, match="has no predict_proba_one/learn_one"):
+        OnlineMixture([object()])
+    with pytest.raises(ValueError, match="prior_count must be a finite number > 0, got 0"):
+        RunningPrior(prior_count=0)
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        RunningPrior(),
+        # With share > 0 every code path of the plain Bayes mixture runs too.
+        OnlineMixture([RunningPrior(), linear_model.LogisticRegression()], share=0.01),
+    ],
+    ids=["prior", "mixture"],
+)
+def test_river_checks(estimator) -> None:
+    for check in checks.yield_checks(estimator):
+        if check.__name__ in estimator._unit_test_skips():
+            continue
+        check(estimator.clone())
+
+
+def test_auto_never_loses_more_than_its_bound_to_the_prior() -> None:
+    # A sparse log without signal: the running prior is the best possible predictor.
+    events = list(datasets.SparseCTR(n_events=1_000, signal=0.0, seed=4))
+    y = np.array([float(t) for _, t in events])
+    model = AutoCTRClassifier(hidden_units=(8,), seed=3)
+    p = _progressive(model, events)
+    mix = model.mixture_
+    loss = float(_losses(y, p).sum())
+    assert mix.regret_bound() == pytest.approx(math.log(3) + 1_000 * -math.log1p(-0.0003))
+    assert loss <= min(mix.member_losses_) + mix.regret_bound() + 1e-9
+    assert loss <= mix.member_losses_[0] + mix.regret_bound() + 1e-9  # the prior's
+    assert list(model.weights_) == ["prior", "deepfm lr=0.02", "fm lr=0.2"]
+    assert max(model.weights_, key=model.weights_.get) == "prior"
+    # Pickling keeps every member and the weights: the copy predicts exactly the same.
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy.weights_ == model.weights_
+    assert [copy.predict_proba_one(x)[True] for x, _ in events[:20]] == [
+        model.predict_proba_one(x)[True] for x, _ in events[:20]
+    ]
+
+
+def test_auto_members_are_built_from_its_parameters() -> None:
+    model = AutoCTRClassifier(model="fm", lr=0.05, fast_model="lr", fast_lr=0.3, fast_accumulator=0.5, seed=7)
+    prior, slow, fast = model.mixture_.members
+    assert isinstance(prior, RunningPrior)
+    assert (slow.model, slow.lr, slow.seed) == ("fm", 0.05, 7)
+    assert (fast.model, fast.updater.lr, fast.updater.initial_accumulator_value) == ("lr", 0.3, 0.5)
+    assert list(model.weights_) == ["prior", "fm lr=0.05", "lr lr=0.3"]
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        AutoCTRClassifier(fast_model="nope")
+
+
+def _auto_checks():
+    for params in AutoCTRClassifier._unit_test_params():
+        model = AutoCTRClassifier(**params)
+        for check in checks.yield_checks(model):
+            if check.__name__ not in model._unit_test_skips():
+                yield pytest.param(model, check, id=f"{params.get('model', 'deepfm')}-{check.__name__}")
+
+
+@pytest.mark.parametrize("model, check", list(_auto_checks()))
+def test_auto_river_checks(model, check) -> None:
+    check(model.clone())
+
+
+def test_bench_defaults_quick_smoke(tmp_path) -> None:
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_defaults.py"
+    out = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--only", "sparse", "--runs", "0", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| sparse, no signal: <= prior |" in proc.stdout
+    rows = json.loads(out.read_text())["results"]["sparse"]
+    prior = rows["running prior"]["logloss"]
+    # The new default is within its bound of the prior: log(3) / 1,000 + share.
+    assert rows["AutoCTRClassifier() (new default)"]["logloss"] <= prior + math.log(3) / 1_000 + 0.0003 + 1e-12
+    assert rows["deep-river Classifier (MLP)"]["skip"].startswith("skipped")
+
+
+def test_auto_checkpoint_resumes_exactly_and_refuses_tampering(tmp_path) -> None:
+    from river_torchrec.persistence import CheckpointError
+
+    stream = list(datasets.RepeatVisits(n_events=600, seed=2))
+    model = AutoCTRClassifier(hidden_units=(8,), seed=5)
+    for x, y in stream[:300]:
+        model.predict_proba_one(x)
+        model.learn_one(x, y)
+    model.save(tmp_path / "auto")
+    resumed = AutoCTRClassifier.load(tmp_path / "auto")
+    assert resumed.weights_ == model.weights_ and resumed.mixture_.n_learned_ == 300
+    assert resumed.mixture_.members[0].n_ == 300
+    a = _progressive(model, stream[300:])
+    b = _progressive(resumed, stream[300:])
+    assert a.tolist() == b.tolist()
+    assert resumed.weights_ == model.weights_
+    # A modified file is refused before anything is rebuilt.
+    state = tmp_path / "auto" / "mixture.json"
+    state.write_bytes(state.read_bytes().replace(b'"n_learned": 300', b'"n_learned": 301'))
+    with pytest.raises(CheckpointError, match="mixture.json"):
+        AutoCTRClassifier.load(tmp_path / "auto")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="exists and is not a checkpoint; refusing to replace it"):
+        model.save(tmp_path / "other")
