@@ -22,6 +22,7 @@ NEEDS = {
     "sklearn_wrapping.py": [("river_torchrec.compat", "SKLearnCTRClassifier")],
     "save_and_resume.py": [("river_torchrec.persistence", None)],
     "gpu.py": [],
+    "recommend.py": [("river_torchrec.reco", "TwoTowerRanker")],
 }
 
 
@@ -52,6 +53,11 @@ def test_example_runs(script):
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert run.returncode == 0, run.stderr
+    if script == "recommend.py":
+        # A ranking example: it prints ranking metrics, not a LogLoss.
+        share = re.search(r"HitRate@10 is (\d+)% of the oracle's", run.stdout)
+        assert share and 0 < int(share.group(1)) <= 100, run.stdout
+        return
     losses = [float(v) for v in re.findall(r"LogLoss:? (-?\d+\.\d+)", run.stdout)]
     assert losses, run.stdout
     # Between a perfect model and a coin flip on a stream where clicks are the minority.

@@ -250,7 +250,7 @@ def test_bad_input_names_the_field_and_changes_nothing():
     with pytest.raises(TypeError, match="'user_id'"):
         clf.debug_one({**probe[0], "user_id": ["a", "list"]})
     with pytest.raises(ValueError, match="'price'"):
-        clf.explain_one({**probe[0], "price": float("nan")})
+        clf.explain_one({**probe[0], "price": float("inf")})
     assert pickle.dumps(clf) == before
 
 
