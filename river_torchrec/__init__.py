@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["CTRClassifier", "load_pipeline", "save_pipeline", "compat", "datasets", "distributed", "evaluate", "features", "nn", "optim", "reco", "__version__"]
+__all__ = ["AutoCTRClassifier", "CTRClassifier", "load_pipeline", "save_pipeline", "compat", "datasets", "distributed", "evaluate", "features", "nn", "optim", "reco", "__version__"]
 
 if TYPE_CHECKING:
+    from river_torchrec.auto import AutoCTRClassifier
     from river_torchrec.classifier import CTRClassifier
 
 
@@ -22,6 +23,10 @@ def __getattr__(name: str) -> Any:
         from river_torchrec.classifier import CTRClassifier
 
         return CTRClassifier
+    if name == "AutoCTRClassifier":
+        from river_torchrec.auto import AutoCTRClassifier
+
+        return AutoCTRClassifier
     if name in {"save_pipeline", "load_pipeline"}:
         from river_torchrec import pipeline_checkpoint
 
