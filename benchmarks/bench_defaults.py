@@ -47,7 +47,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from peers.models import VW_ARGS, RiverStep, build  # noqa: E402
+from peers.models import PEER_ROWS, RiverStep, build  # noqa: E402
 from peers.scores import auc, logloss  # noqa: E402
 
 STREAMS = ("synthetic", "criteo", "avazu", "movielens", "sparse", "sparse-signal", "repeat", "demo")
@@ -59,12 +59,7 @@ PEERS: list[tuple[str, dict]] = [
     (NEW, {"kind": "auto"}),
     (OLD, {"kind": "ours", "params": {}}),
     (PRIOR, {"kind": "prior"}),
-    ("river LogisticRegression", {"kind": "river-lr"}),
-    ("river FMClassifier", {"kind": "river-fm"}),
-    ("river FFMClassifier", {"kind": "river-ffm"}),
-    ("Vowpal Wabbit (linear)", {"kind": "vw", "params": {"args": VW_ARGS}}),
-    ("Vowpal Wabbit (-q ::)", {"kind": "vw", "params": {"args": VW_ARGS + " -q ::"}}),
-    ("deep-river Classifier (MLP)", {"kind": "deep-river"}),
+    *PEER_ROWS,
 ]
 #: The fixed learning rates of the repeat-visit reference rows (Adagrad, FM and DeepFM).
 FIXED_LRS = (0.02, 0.05, 0.1, 0.2, 0.3)

@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE))
 from peers import bare_torch  # noqa: E402
 from peers.models import VW_ARGS, build  # noqa: E402
 from peers.scores import auc, logloss  # noqa: E402
-from peers.worker import frames  # noqa: E402
+from peers.worker import frames, time_predictions, warm_model  # noqa: E402
 
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 #: The frame comparison pins Adam at lr 1e-3, the updater of the bare loop.
@@ -235,31 +235,12 @@ def flat_table(r: dict) -> str:
 
 
 def latency(events: list, runs: int, n_calls: int) -> dict:
-    from river_torchrec import CTRClassifier
-
-    model = CTRClassifier()
-    for X, y in frames(events):
-        model.learn_many(X, y)
-    calls = [x for x, _ in events]
-    calls = (calls * (n_calls // len(calls) + 1))[:n_calls]
-    for x in calls[:200]:
-        model.predict_proba_one(x)
-    clock = time.perf_counter_ns
-    p50, p99 = [], []
-    for _ in range(runs):
-        ns = np.empty(len(calls))
-        for i, x in enumerate(calls):
-            t = clock()
-            model.predict_proba_one(x)
-            ns[i] = clock() - t
-        p50.append(float(np.percentile(ns, 50)) / 1e3)
-        p99.append(float(np.percentile(ns, 99)) / 1e3)
-    return {"p50": p50, "p99": p99, "n": len(calls)}
+    return time_predictions(warm_model({}, events), events, runs, n_calls)
 
 
 def latency_table(r: dict) -> str:
-    p50, p99 = statistics.median(r["p50"]), statistics.median(r["p99"])
-    rows = [[f"{r['n']:,}", f"{p50:.1f}", f"{p99:.1f}", ", ".join(f"{v:.1f}" for v in r["p99"]), "met" if p99 < 100 else "missed"]]
+    p50, p99 = statistics.median(r["p50_us"]), statistics.median(r["p99_us"])
+    rows = [[f"{r['n_calls']:,}", f"{p50:.1f}", f"{p99:.1f}", ", ".join(f"{v:.1f}" for v in r["p99_us"]), "met" if p99 < 100 else "missed"]]
     return "\n#### predict_proba_one latency, warm default model (µs)\n\n" + md(
         ["calls per run", "p50", "p99 (median)", "p99 runs", "p99 < 100 µs"], rows
     )

@@ -46,7 +46,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from peers.models import VW_ARGS  # noqa: E402
+from peers.models import PEER_ROWS  # noqa: E402
 from peers.scores import auc, logloss  # noqa: E402
 
 WORKER = HERE / "peers" / "worker.py"
@@ -61,12 +61,7 @@ MODELS: list[tuple[str, dict]] = [
     ("river-torchrec DeepFM batch_size=32", {"kind": "ours", "params": {"model": "deepfm", "batch_size": 32}}),
     ("river-torchrec FM", {"kind": "ours", "params": {"model": "fm"}}),
     ("river-torchrec LR", {"kind": "ours", "params": {"model": "lr"}}),
-    ("river LogisticRegression", {"kind": "river-lr"}),
-    ("river FMClassifier", {"kind": "river-fm"}),
-    ("river FFMClassifier", {"kind": "river-ffm"}),
-    ("Vowpal Wabbit (linear)", {"kind": "vw", "params": {"args": VW_ARGS}}),
-    ("Vowpal Wabbit (-q ::)", {"kind": "vw", "params": {"args": VW_ARGS + " -q ::"}}),
-    ("deep-river Classifier (MLP)", {"kind": "deep-river"}),
+    *PEER_ROWS,
 ]
 
 #: The model of the speed targets: DeepFM, embedding_dim 8, hidden (64, 32).

@@ -270,13 +270,16 @@ class DefenceTransaction:
         # One pseudo-event at 0.5 keeps the rate defined (and cautious) on an empty stream.
         return (s * f + 0.5) / (n * f + 1.0)
 
+    def baseline(self, n_old: float, c_old: float, p0: float) -> float:
+        """A key's established label rate, shrunk toward the population's ``p0``."""
+        k = self.d.prior_strength
+        return (c_old + k * p0) / (n_old + k)
+
     def surprise(self, n_new: float, c_new: float, n_old: float, c_old: float, p0: float) -> float:
         """Nats of evidence that the newcomer rate ``c_new / n_new`` is not the baseline's."""
         if n_new <= 0:
             return 0.0
-        k = self.d.prior_strength
-        baseline = (c_old + k * p0) / (n_old + k)
-        return n_new * _binary_kl(c_new / n_new, baseline)
+        return n_new * _binary_kl(c_new / n_new, self.baseline(n_old, c_old, p0))
 
     # ----------------------------------------------------------------- assess
 
@@ -300,11 +303,10 @@ class DefenceTransaction:
             self.history[user] = (count + 1, first)
 
         n, s, t_last = self.population
-        f = 2.0 ** ((t_last - self.t) / d.half_life)
+        f = self._decay(t_last, d.half_life)
         if d.item_fields:
-            # The population's rate before this event, one pseudo-event at 0.5 keeping it
-            # defined (and cautious) on an empty stream, as population_rate() gives it.
-            factor = self._newcomer_anomaly(x, label, newcomer, (s * f + 0.5) / (n * f + 1.0))
+            # Tested against the population's rate before this event.
+            factor = self._newcomer_anomaly(x, label, newcomer, self.population_rate())
             if factor < 1.0:
                 self.counts[0] += 1
                 w *= factor
@@ -341,7 +343,7 @@ class DefenceTransaction:
                 if self.t > d.warmup and n_new > 0:
                     nats = self.surprise(n_new, c_new, n_old, c_old, p0)
                     if nats > d.alarm_nats:
-                        baseline = (c_old + d.prior_strength * p0) / (n_old + d.prior_strength)
+                        baseline = self.baseline(n_old, c_old, p0)
                         # Only events pushing the rate further the anomalous way lose weight.
                         if (label - baseline) * (c_new / n_new - baseline) > 0:
                             factor = min(factor, d.flagged_weight)

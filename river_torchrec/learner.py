@@ -483,10 +483,9 @@ class OnlineLearner:
         A no-op here; rankers refresh their cached item vectors from it."""
 
     def _objective(self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-event losses and the loss to minimise (used when ``_custom_loss`` is True).
-
-        The default is the weighted binary cross-entropy, mean over the batch, which the
-        step computes inline when ``_custom_loss`` is False.
+        """Per-event losses and the loss to minimise: the weighted binary cross-entropy,
+        mean over the batch. A subclass that overrides it sets ``_custom_loss``, so the
+        hand-written gradients take d loss / d logits by autograd instead of BCE's closed form.
         """
         losses = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
         return losses, (losses * w).sum() / len(y)
@@ -528,18 +527,13 @@ class OnlineLearner:
                         (d_logits,) = torch.autograd.grad(loss, leaf)
                     losses, loss = losses.detach(), loss.detach()
                 else:
-                    losses = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-                    loss = (losses * w).sum() / n
-                    d_logits = (torch.sigmoid(logits) - y) * w / n
+                    losses, loss = self._objective(logits, y, w)
+                    d_logits = (torch.sigmoid(logits) - y) * w / n  # d BCE / d logits, in closed form
                 grads, rows, row_grads = net.backward_cached(cache, d_logits)
             dense = [DenseGrad(name, p.data, grads[name]) for name, p in params]
             return losses, loss, dense, [SparseGrad("embedding.weight", table.weight, rows, row_grads)]
         logits = net(ids, vals)
-        if self._custom_loss:
-            losses, loss = self._objective(logits, y, w)
-        else:
-            losses = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-            loss = (losses * w).sum() / n
+        losses, loss = self._objective(logits, y, w)
         for _, p in params:
             p.grad = None
         loss.backward()

@@ -18,6 +18,17 @@ __all__ = ["Learner", "build"]
 #: Vowpal Wabbit's base options (logistic loss, probabilities out, 2**20 weights).
 VW_ARGS = "--loss_function logistic --link logistic -b 20 --quiet"
 
+#: The peers every quality table compares with, as ``(row name, job)``: river's linear,
+#: FM and FFM models, Vowpal Wabbit linear and with all pairs, and deep-river's MLP.
+PEER_ROWS: list[tuple[str, dict]] = [
+    ("river LogisticRegression", {"kind": "river-lr"}),
+    ("river FMClassifier", {"kind": "river-fm"}),
+    ("river FFMClassifier", {"kind": "river-ffm"}),
+    ("Vowpal Wabbit (linear)", {"kind": "vw", "params": {"args": VW_ARGS}}),
+    ("Vowpal Wabbit (-q ::)", {"kind": "vw", "params": {"args": VW_ARGS + " -q ::"}}),
+    ("deep-river Classifier (MLP)", {"kind": "deep-river"}),
+]
+
 
 class Learner(Protocol):
     def step(self, x: dict, y: bool) -> float: ...

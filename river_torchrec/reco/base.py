@@ -375,7 +375,10 @@ class NeuralRanker(OnlineLearner, Recommender, reco.base.Ranker):
         """Hook: the user's events about these catalogue items were learned (posteriors)."""
 
     def _objective(self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """BPR: ``-log sigmoid(s_pos - s_neg)`` for each negative and the positive before it."""
+        """``loss="bce"``: the core's BCE. ``loss="bpr"``: ``-log sigmoid(s_pos - s_neg)`` for
+        each negative and the positive before it."""
+        if not self._custom_loss:
+            return super()._objective(logits, y, w)
         pos = y > 0.5
         group = torch.cumsum(pos.long(), 0) - 1
         neg = ~pos & (group >= 0)
