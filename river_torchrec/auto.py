@@ -18,9 +18,12 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import pandas as pd
+import torch
 from river import base
 
 from river_torchrec.classifier import CTRClassifier
+from river_torchrec.defence import PoisoningDefence, resolve_defence
+from river_torchrec.labels import binary_label, frame_weights, sample_weight
 from river_torchrec.learner import _Lock, locked
 from river_torchrec.mixture import OnlineMixture, RunningPrior
 from river_torchrec.optim import Adagrad
@@ -67,6 +70,10 @@ class AutoCTRClassifier(base.MiniBatchClassifier):
         Fixed-share rate of the mixture (0: the plain Bayes mixture).
     embedding_dim, hidden_units, embeddings, n_buckets, max_rows, numeric, device, seed
         Passed to both learned members (see :class:`~river_torchrec.CTRClassifier`).
+    defence
+        As :class:`~river_torchrec.CTRClassifier`'s (``"default"``, None or a
+        :class:`~river_torchrec.defence.PoisoningDefence`): one defence weighs each event
+        once, and every member (the prior included) learns it with that trusted weight.
 
     Attributes
     ----------
@@ -117,6 +124,7 @@ class AutoCTRClassifier(base.MiniBatchClassifier):
         numeric: str = "log",
         device: str = "cpu",
         seed: int = 42,
+        defence: PoisoningDefence | str | None = "default",
     ) -> None:
         self.model = model
         self.lr = lr
@@ -132,6 +140,8 @@ class AutoCTRClassifier(base.MiniBatchClassifier):
         self.numeric = numeric
         self.device = device
         self.seed = seed
+        self.defence = defence
+        self._defence = resolve_defence(defence)
         common = {
             "embedding_dim": embedding_dim,
             "hidden_units": hidden_units,
@@ -141,6 +151,7 @@ class AutoCTRClassifier(base.MiniBatchClassifier):
             "numeric": numeric,
             "device": device,
             "seed": seed,
+            "defence": None,  # the mixture's own defence weighs each event once for all members
         }
         slow = CTRClassifier(model=model, optimizer="adagrad", lr=lr, **common)
         fast_updater = Adagrad(lr=fast_lr, initial_accumulator_value=fast_accumulator)
@@ -173,9 +184,21 @@ class AutoCTRClassifier(base.MiniBatchClassifier):
             "check_learn_many_matches_learn_one",
         }
 
+    @property
+    def defence_(self) -> PoisoningDefence | None:
+        """The live :class:`~river_torchrec.defence.PoisoningDefence` (its statistics), if any."""
+        return self._defence
+
     @locked
     def learn_one(self, x: dict, y: base.typing.ClfTarget, w: float = 1.0) -> None:
-        self.mixture_.learn_one(x, y, w)
+        if self._defence is None:
+            self.mixture_.learn_one(x, y, w)
+            return
+        label, weight = binary_label(y), sample_weight(w)
+        self._defence.learn_defended(
+            x, label, weight, lambda trusted: self.mixture_.learn_one(x, y, trusted),
+            lambda: self.mixture_.predict_proba_one(x)[True],
+        )
 
     @locked
     def predict_proba_one(self, x: dict) -> dict[Hashable, float]:
@@ -183,7 +206,15 @@ class AutoCTRClassifier(base.MiniBatchClassifier):
 
     @locked
     def learn_many(self, X: pd.DataFrame, y: pd.Series, w: pd.Series | float = 1.0) -> None:
-        self.mixture_.learn_many(X, y, w)
+        if self._defence is None or not isinstance(X, pd.DataFrame) or len(X) != len(y) or X.columns.has_duplicates:
+            self.mixture_.learn_many(X, y, w)  # no defence, or a frame the members refuse
+            return
+        labels = [binary_label(v) for v in y.tolist()]
+        self._defence.learn_frame_defended(
+            X, labels, frame_weights(w, len(X)),
+            lambda trusted: self.mixture_.learn_many(X, y, pd.Series(trusted, index=X.index, dtype=float)),
+            lambda: self.mixture_.predict_proba_many(X)[True].tolist(),
+        )
 
     @locked
     def predict_proba_many(self, X: pd.DataFrame) -> pd.DataFrame:
@@ -227,9 +258,11 @@ class AutoCTRClassifier(base.MiniBatchClassifier):
         for i, member in enumerate(learners, start=1):
             with member._lock:
                 files.update({f"member-{i}/{name}": data for name, data in persistence._serialize(member).items()})
+        enc = persistence._Encoder({})
         state = {
             "format_version": persistence.FORMAT_VERSION,
-            "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self._get_params().items()},
+            "params": enc.params(self, "params"),
+            "defence": enc(self._defence, "defence"),
             "log_weights": [a if math.isfinite(a) else None for a in mix._log_w],
             "member_losses": list(mix.member_losses_),
             "n_learned": mix.n_learned_,
@@ -253,11 +286,12 @@ class AutoCTRClassifier(base.MiniBatchClassifier):
             state = json.loads(files[_MIXTURE_FILE])
             if state.get("format_version") != persistence.FORMAT_VERSION:
                 raise persistence.CheckpointError(f"{_MIXTURE_FILE} is of another format version")
-            params = dict(state["params"])
-            params["hidden_units"] = tuple(params["hidden_units"])
+            dec = persistence._Decoder(persistence._Classes(()), {}, torch.device("cpu"))
+            params = dec.attributes(state["params"], "params")
             if device is not None:
                 params["device"] = device
             model = cls(**params)
+            model._defence = dec(state["defence"], "defence")
             mix = model.mixture_
             for i in range(1, len(mix.members)):
                 prefix = f"member-{i}/"

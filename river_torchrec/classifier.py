@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from river import base
 
-from river_torchrec.defence import PoisoningDefence
+from river_torchrec.defence import PoisoningDefence, resolve_defence
 from river_torchrec.encoding import parse_features
 from river_torchrec.explain import Explanation, explain_event
 from river_torchrec.learner import OnlineLearner, binary_label, frame_weights, locked, sample_weight
@@ -190,16 +190,7 @@ class CTRClassifier(OnlineLearner, base.MiniBatchClassifier):
         self.defence = defence
 
         self._setup()
-        if isinstance(defence, str) and defence == "default":
-            live = PoisoningDefence()
-        elif isinstance(defence, PoisoningDefence):
-            # The live state is a clone: the object passed in stays a pristine parameter.
-            live = defence.clone()
-        elif defence is None:
-            live = None
-        else:
-            raise TypeError(f"defence must be a PoisoningDefence, 'default' or None, got {defence!r}")
-        self._defence = live
+        self._defence = resolve_defence(defence)
 
     @property
     def _multiclass(self) -> bool:
@@ -232,14 +223,12 @@ class CTRClassifier(OnlineLearner, base.MiniBatchClassifier):
     @locked
     def learn_one(self, x: dict, y: base.typing.ClfTarget, w: float = 1.0) -> None:
         label, weight = binary_label(y), sample_weight(w)
-        defence = self._defence
-        if defence is None:
+        if self._defence is None:
             self._learn_event(x, label, weight)
-            return
-        txn = defence.transaction()
-        p = self._predict_event(x) if defence.needs_prediction else None
-        self._learn_event(x, label, txn.weigh(x, label, weight, p))
-        txn.commit()  # only once the event was accepted
+        else:
+            self._defence.learn_defended(
+                x, label, weight, lambda trusted: self._learn_event(x, label, trusted), lambda: self._predict_event(x)
+            )
 
     @locked
     def flush(self) -> None:
@@ -260,20 +249,12 @@ class CTRClassifier(OnlineLearner, base.MiniBatchClassifier):
         else:
             labels = [binary_label(v) for v in (y.tolist() if hasattr(y, "tolist") else list(y))]
         weights = frame_weights(w, len(X))
-        defence = self._defence
-        if defence is None or X.columns.has_duplicates:  # duplicate columns: refused right here
+        if self._defence is None or X.columns.has_duplicates:  # duplicate columns: refused right here
             self._learn_frame(X, labels, weights)
-            return
-        txn = defence.transaction()
-        weights = txn.weigh_frame(
-            X[defence.user_field].tolist() if defence.user_field in X.columns else None,
-            {f: X[f].tolist() for f in defence.item_fields or () if f in X.columns},
-            labels.tolist() if isinstance(labels, np.ndarray) else labels,
-            weights.tolist() if isinstance(weights, np.ndarray) else weights,
-            self._proba_frame(X).tolist() if defence.needs_prediction else None,
-        )
-        self._learn_frame(X, labels, weights)
-        txn.commit()
+        else:
+            self._defence.learn_frame_defended(
+                X, labels, weights, lambda trusted: self._learn_frame(X, labels, trusted), lambda: self._proba_frame(X)
+            )
 
     # ----------------------------------------------------------- prediction
 

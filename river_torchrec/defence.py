@@ -53,13 +53,14 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from river import base
 
-__all__ = ["PoisoningDefence", "DefenceTransaction"]
+__all__ = ["PoisoningDefence", "DefenceTransaction", "resolve_defence"]
 
 _EPS = 1e-6
 _KEY_TYPES = (str, bool, int, float)
@@ -217,6 +218,37 @@ class PoisoningDefence(base.Base):
     def transaction(self) -> DefenceTransaction:
         """A pending batch of assessments that changes this defence only on ``commit()``."""
         return DefenceTransaction(self)
+
+    def learn_defended(
+        self, x: dict, label: float, weight: float, step: Callable[[float], None], predict: Callable[[], float] | None = None
+    ) -> None:
+        """Run ``step(trusted weight)`` (an estimator's learning step) for one event, then
+        commit the assessment: a step that raises (bad input) leaves the defence as it was.
+        ``predict`` gives the model's P(y = 1), asked for only when the gradient clip is on."""
+        txn = self.transaction()
+        p = predict() if predict is not None and self.needs_prediction else None
+        step(txn.weigh(x, label, weight, p))
+        txn.commit()
+
+    def learn_frame_defended(
+        self,
+        X: pd.DataFrame,
+        labels: Sequence[float],
+        weights: Sequence[float],
+        step: Callable[[Sequence[float]], None],
+        predict: Callable[[], Sequence[float]] | None = None,
+    ) -> None:
+        """:meth:`learn_defended` for a frame: ``step`` gets the trusted weight of each row."""
+        txn = self.transaction()
+        trusted = txn.weigh_frame(
+            X[self.user_field].tolist() if self.user_field in X.columns else None,
+            {f: X[f].tolist() for f in self.item_fields or () if f in X.columns},
+            list(labels),
+            list(weights),
+            list(predict()) if predict is not None and self.needs_prediction else None,
+        )
+        step(trusted)
+        txn.commit()
 
     def learn(self, x: dict, label: float, weight: float = 1.0, p: float | None = None) -> float:
         """Assess one event and commit it at once; returns the trusted weight."""
@@ -420,3 +452,16 @@ class DefenceTransaction:
         d.n_limited_ += self.counts[1]
         d.n_clipped_ += self.counts[2]
         d.weight_removed_ += self.removed
+
+
+def resolve_defence(defence: PoisoningDefence | str | None) -> PoisoningDefence | None:
+    """The live defence of an estimator's ``defence`` parameter: ``"default"`` is a fresh
+    ``PoisoningDefence()``, a ``PoisoningDefence`` is cloned (the parameter stays pristine),
+    None is no defence."""
+    if isinstance(defence, str) and defence == "default":
+        return PoisoningDefence()
+    if isinstance(defence, PoisoningDefence):
+        return defence.clone()
+    if defence is None:
+        return None
+    raise TypeError(f"defence must be a PoisoningDefence, 'default' or None, got {defence!r}")

@@ -17,24 +17,11 @@ import numpy as np
 import pandas as pd
 from river import base
 
+from river_torchrec.labels import binary_label, frame_weights, sample_weight
+
 __all__ = ["OnlineMixture", "RunningPrior"]
 
 _P_MIN = 1e-15  # as river's LogLoss clips
-
-
-def _label(y: object) -> float:
-    if isinstance(y, (bool, np.bool_)):
-        return float(y)
-    if isinstance(y, (int, float, np.integer, np.floating)) and (y == 0 or y == 1):
-        return float(y)
-    raise ValueError(f"label must be a bool or 0/1, got {y!r} ({type(y).__name__})")
-
-
-def _weight(w: object) -> float:
-    f = float(w)  # type: ignore[arg-type]
-    if not math.isfinite(f) or f < 0:
-        raise ValueError(f"sample weight must be finite and >= 0, got {w!r}")
-    return f
 
 
 class RunningPrior(base.MiniBatchClassifier):
@@ -80,7 +67,7 @@ class RunningPrior(base.MiniBatchClassifier):
         return (self.clicks_ + a) / (self.n_ + 2 * a)
 
     def learn_one(self, x: dict, y: base.typing.ClfTarget, w: float = 1.0) -> None:
-        label, weight = _label(y), _weight(w)
+        label, weight = binary_label(y), sample_weight(w)
         self.clicks_ += weight * label
         self.n_ += weight
 
@@ -91,13 +78,8 @@ class RunningPrior(base.MiniBatchClassifier):
     def learn_many(self, X: pd.DataFrame, y: pd.Series, w: pd.Series | float = 1.0) -> None:
         if len(X) != len(y):
             raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
-        labels = np.array([_label(v) for v in y.tolist()])
-        if isinstance(w, pd.Series):
-            weights = np.array([_weight(v) for v in w.tolist()])
-        else:
-            weights = np.full(len(y), _weight(w))
-        if len(weights) != len(labels):
-            raise ValueError(f"X has {len(X)} rows but w has {len(weights)}")
+        labels = np.array([binary_label(v) for v in y.tolist()])
+        weights = np.asarray(frame_weights(w, len(X)), dtype=np.float64)
         self.clicks_ += float(weights @ labels)
         self.n_ += float(weights.sum())
 
@@ -235,7 +217,7 @@ class OnlineMixture(base.MiniBatchClassifier):
         return {False: 1.0 - p, True: p}
 
     def learn_one(self, x: dict, y: base.typing.ClfTarget, w: float = 1.0) -> None:
-        label, weight = _label(y), _weight(w)
+        label, weight = binary_label(y), sample_weight(w)
         last, self._last = self._last, None
         if last is not None and last[0] is x and last[1] == x:
             probas = last[2]
@@ -289,13 +271,8 @@ class OnlineMixture(base.MiniBatchClassifier):
         """Mix the frame with the member predictions made before it, then let every member learn it."""
         if len(X) != len(y):
             raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
-        labels = np.array([_label(v) for v in y.tolist()])
-        if isinstance(w, pd.Series):
-            if len(w) != len(X):
-                raise ValueError(f"X has {len(X)} rows but w has {len(w)}")
-            weights = np.array([_weight(v) for v in w.tolist()])
-        else:
-            weights = np.full(len(labels), _weight(w))
+        labels = np.array([binary_label(v) for v in y.tolist()])
+        weights = np.asarray(frame_weights(w, len(X)), dtype=np.float64)
         if not len(X):
             return
         probas = self._member_frame(X)

@@ -304,3 +304,30 @@ def test_auto_checkpoint_resumes_exactly_and_refuses_tampering(tmp_path) -> None
     (tmp_path / "other" / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="exists and is not a checkpoint; refusing to replace it"):
         model.save(tmp_path / "other")
+
+
+def test_auto_weighs_each_event_once_for_all_members_and_checkpoints_the_defence(tmp_path):
+    from river_torchrec.defence import PoisoningDefence
+
+    model = AutoCTRClassifier(hidden_units=(8,), seed=3, defence=PoisoningDefence(warmup=0, min_age=0))
+    members = model.mixture_.members[1:]
+    assert all(m.defence_ is None for m in members)  # no second copy of the statistics
+    stream = list(datasets.SyntheticCTR(n_events=600, seed=3))
+    bots = [({**stream[0][0], "user_id": f"bot{i}", "item_id": "target"}, True) for i in range(30)]
+    events = stream[:300] + bots + stream[300:400]
+    for x, y in events:
+        model.learn_one(x, y)
+    d = model.defence_
+    assert d.n_seen_ == len(events)
+    assert d.n_flagged_ > 0 and d.weight_removed_ > 0
+    # The prior learned the trusted weights: it counts fewer events than were sent.
+    assert model.mixture_.members[0].n_ == pytest.approx(len(events) - d.weight_removed_)
+
+    model.save(tmp_path / "auto")
+    resumed = AutoCTRClassifier.load(tmp_path / "auto")
+    assert resumed.defence_._keys == d._keys and resumed.defence_.n_seen_ == d.n_seen_
+    for x, y in stream[400:]:
+        model.learn_one(x, y)
+        resumed.learn_one(x, y)
+    assert resumed.predict_proba_one(stream[0][0]) == model.predict_proba_one(stream[0][0])
+    assert resumed.defence_._keys == model.defence_._keys
