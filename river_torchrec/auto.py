@@ -248,10 +248,7 @@ class AutoCTRClassifier(base.MiniBatchClassifier):
         from river_torchrec import persistence
 
         path = Path(path)
-        if path.exists() and not (path / persistence.MANIFEST).is_file() and not (
-            path.is_dir() and not any(path.iterdir())
-        ):
-            raise FileExistsError(f"{path} exists and is not a checkpoint; refusing to replace it")
+        persistence._check_replaceable(path)
         mix = self.mixture_
         prior, *learners = mix.members
         files: dict[str, bytes] = {}

@@ -575,6 +575,12 @@ def _backup(path: Path) -> Path:
     return path.with_name(f".{path.name}.old")
 
 
+def _check_replaceable(path: Path) -> None:
+    """Refuse to write a checkpoint over anything but a checkpoint or an empty folder."""
+    if path.exists() and not _is_checkpoint(path) and not (path.is_dir() and not any(path.iterdir())):
+        raise FileExistsError(f"{path} exists and is not a checkpoint; refusing to replace it")
+
+
 def _is_checkpoint(path: Path) -> bool:
     return path.is_dir() and (path / MANIFEST).is_file()
 
@@ -611,8 +617,7 @@ def save(model: OnlineLearner, path: str | os.PathLike) -> None:
     if not isinstance(model, OnlineLearner):
         raise TypeError(f"expected a CTRClassifier or a river_torchrec ranker, got {type(model).__name__}")
     path = Path(path)
-    if path.exists() and not _is_checkpoint(path) and not (path.is_dir() and not any(path.iterdir())):
-        raise FileExistsError(f"{path} exists and is not a checkpoint; refusing to replace it")
+    _check_replaceable(path)
     with getattr(model, "_lock", None) or contextlib.nullcontext():
         files = _serialize(model)
     _commit(path, files)

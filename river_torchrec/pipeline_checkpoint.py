@@ -175,8 +175,7 @@ def save_pipeline(pipeline: Any, path: str | os.PathLike) -> None:
 
     """
     path = Path(path)
-    if path.exists() and not persistence._is_checkpoint(path) and not (path.is_dir() and not any(path.iterdir())):
-        raise FileExistsError(f"{path} exists and is not a checkpoint; refusing to replace it")
+    persistence._check_replaceable(path)
     writer = _Writer()
     tree = writer.node(pipeline, "pipeline" if type(pipeline) is compose.Pipeline else type(pipeline).__name__)
     body = {"format_version": persistence.FORMAT_VERSION, "root": tree}
