@@ -14,13 +14,27 @@ PROBE = EVENTS[-1][0]
 PARAMS = {"model": "deepfm", "hidden_units": (16,), "embedding_dim": 4}
 
 
+PROBES = pd.DataFrame([x for x, _ in EVENTS[-6:]])
+
+
 def _every_state_prediction(learned) -> set[float]:
     """The probe's probability after 0, 1, 2, ... learned events (one model, one thread)."""
+    return {one for one, _ in _every_state(learned)}
+
+
+def _every_state(learned) -> set[tuple[float, tuple[float, ...]]]:
+    """The probe's probability and the probe frame's probabilities after 0, 1, 2, ...
+    learned events (one model, one thread): a torn read (some rows of a frame before a
+    step, some after, or a half-applied step) gives a pair that is not among them."""
     model = CTRClassifier(**PARAMS)
-    seen = {model.predict_proba_one(PROBE)[True]}
+
+    def state():
+        return model.predict_proba_one(PROBE)[True], tuple(model.predict_proba_many(PROBES)[True].tolist())
+
+    seen = {state()}
     for x, y in learned:
         model.learn_one(x, y)
-        seen.add(model.predict_proba_one(PROBE)[True])
+        seen.add(state())
     return seen
 
 
@@ -59,19 +73,23 @@ def _in_threads(model, learned, reader, n_readers=3):
 
 def test_concurrent_predictions_are_those_of_some_whole_step():
     learned = EVENTS[:200]
-    possible = _every_state_prediction(learned)
+    possible = _every_state(learned)
+    ones = {one for one, _ in possible}
+    frames = {many for _, many in possible}
     model = CTRClassifier(**PARAMS)
-    frame = pd.DataFrame([PROBE])
     results = _in_threads(
         model,
         learned,
-        lambda: (model.predict_proba_one(PROBE)[True], float(model.predict_proba_many(frame)[True].iloc[0])),
+        lambda: (model.predict_proba_one(PROBE)[True], tuple(model.predict_proba_many(PROBES)[True].tolist())),
+        n_readers=4,
     )
     assert len(results) > 10
     for one, many in results:
-        assert one in possible
-        assert 0.0 <= many <= 1.0
-    assert model.predict_proba_one(PROBE)[True] in possible
+        assert one in ones
+        assert many in frames
+    # Reads spread over many versions, not only the first and the last.
+    assert len({one for one, _ in results}) > 10
+    assert model.predict_proba_one(PROBE)[True] in ones
 
 
 def test_saving_while_learning_gives_a_consistent_checkpoint(tmp_path):
