@@ -203,7 +203,7 @@ def test_missing_error_refuses_nan_in_a_dict_and_changes_nothing(nan):
     "column, row",
     [
         (pd.Series([1.0, 2.0, math.nan]), 2),  # a float column
-        (pd.Series(["a", None, "b"]), 1),  # pandas >= 3 stores this None as NaN (str dtype)
+        (pd.Series(["a", math.nan, "b"]), 1),  # str dtype on pandas >= 3, object before
         (pd.Series(["a", math.nan], dtype=object), 1),
     ],
     ids=["float", "str", "object"],
