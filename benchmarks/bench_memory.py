@@ -17,7 +17,9 @@ process of its own, so the peak RSS it reports is its own. Two markdown tables:
    the default model (float32 rows, Adagrad) and for ``embedding_dtype="float16"`` with
    row-wise Adagrad. RSS after the run (``gc.collect()`` and ``malloc_trim(0)`` first) and
    peak RSS (``VmHWM``) at both points; bytes per id = the difference between the points
-   divided by the 9 x 10^6 ids between them (targets: <= 100 and <= 64 bytes).
+   divided by the 9 x 10^6 ids between them (targets: <= 100 and <= 64 bytes). A second
+   table splits the slope into the rows, the updater state of those rows and the
+   vocabulary's arrays, computed from their sizes, and the rest of the RSS growth.
 """
 
 from __future__ import annotations
@@ -142,41 +144,7 @@ def part_row_cost(n_ids: int, optimizer: str) -> None:
 SLOPE_CONFIGS = {
     "default (float32, Adagrad)": {},
     "float16, row-wise Adagrad": {"embedding_dtype": "float16", "optimizer": "rowwise_adagrad"},
-    # Not the library as it is: what the change to optim/base.py proposed in the README would give.
-    "default, lazily zeroed updater state": {},
 }
-LAZY_STATE = "default, lazily zeroed updater state"
-
-
-def lazily_zeroed_updater_state() -> None:
-    """Patch ``river_torchrec.optim.base`` so that updaters pad and create zero state in
-    ``calloc``-ed memory (``np.zeros``), which the OS backs only where rows are written,
-    instead of ``torch.zeros``, which writes every page of the table's whole capacity."""
-    from river_torchrec.optim import base
-
-    def zeros(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        if device.type == "cpu" and dtype == torch.float32:
-            return torch.from_numpy(np.zeros(tuple(shape), dtype=np.float32))
-        return torch.zeros(shape, dtype=dtype, device=device)
-
-    def fit(state: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        if state.shape == shape:
-            return state
-        fitted = zeros(shape, state.dtype, state.device)
-        common = tuple(slice(0, min(a, b)) for a, b in zip(state.shape, shape))
-        fitted[common] = state[common]
-        return fitted
-
-    buffer = base.Updater._buffer
-
-    def lazy_buffer(self, name, key, like, fill=0.0):
-        slots = self._state.setdefault(name, {})
-        if slots.get(key) is None and fill == 0.0:
-            slots[key] = zeros(like.shape, torch.float32, like.device)
-        return buffer(self, name, key, like, fill)
-
-    base._fit = fit
-    base.Updater._buffer = lazy_buffer
 
 
 def vm_hwm() -> int:
@@ -205,8 +173,6 @@ def trimmed_rss() -> int:
 
 
 def part_slope(n_ids: int, config: str) -> None:
-    if config == LAZY_STATE:
-        lazily_zeroed_updater_state()
     model = CTRClassifier(**SLOPE_CONFIGS[config], seed=1)
     chunk = 10_000
     labels = pd.Series([i % 7 == 0 for i in range(chunk)])
@@ -228,9 +194,33 @@ def part_slope(n_ids: int, config: str) -> None:
                 "base": base,
                 "peak": vm_hwm(),
                 "seconds": seconds,
+                **written_bytes(model),
             }
         )
     )
+
+
+def written_bytes(model: CTRClassifier) -> dict[str, int]:
+    """Bytes of the structures a learned id writes, from array sizes: the rows handed out,
+    the updater's state of those rows, and the vocabulary (per-row arrays up to the last
+    row, the whole index, the byte log)."""
+    table = model.model_.embedding
+    used = len(table) + 1
+    rows = used * table.dim * table.weight.element_size()
+    state = sum(
+        t[:used].numel() * t.element_size()
+        for k, t in model.updater.state_dict().items()
+        if isinstance(t, torch.Tensor) and k.startswith("embedding.weight/")
+    )
+    keys = table._rows
+    per_row = keys._fp.itemsize + keys._loc.itemsize + keys._meta.itemsize
+    return {
+        "rows_bytes": rows,
+        "state_bytes": state,
+        "vocab_rows_bytes": per_row * used,
+        "index_bytes": keys._index.nbytes,
+        "log_bytes": keys._n_bytes,
+    }
 
 
 def slope_table(small: int, large: int) -> str:
@@ -240,6 +230,11 @@ def slope_table(small: int, large: int) -> str:
         "| peak RSS slope (B/id) | target |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    parts = [
+        f"\n#### Where the slope goes (bytes per id between the two points, from array sizes)\n",
+        "| model | rows | updater state | vocabulary per-row arrays | index | key log | rest (RSS minus these) | RSS slope |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for config in SLOPE_CONFIGS:
         a = run_part("slope", str(small), config)
         b = run_part("slope", str(large), config)
@@ -247,13 +242,21 @@ def slope_table(small: int, large: int) -> str:
         rss_slope = (b["rss"] - a["rss"]) / n
         peak_slope = (b["peak"] - a["peak"]) / n
         target = 64 if "float16" in config else 100
+        parts.append(
+            f"| {config} | "
+            + " | ".join(f"{(b[k] - a[k]) / n:.1f}" for k in ("rows_bytes", "state_bytes", "vocab_rows_bytes", "index_bytes", "log_bytes"))
+            + f" | {(b['rss'] - a['rss']) / n - sum((b[k] - a[k]) / n for k in _PARTS):.1f} | {rss_slope:.1f} |"
+        )
         for r, slopes in ((a, ("", "")), (b, (f"{rss_slope:.0f}", f"{peak_slope:.0f}"))):
             lines.append(
                 f"| {config} | {r['ids']:,} | {r['capacity']:,} | {r['rss'] / MB:.0f} | {r['peak'] / MB:.0f} "
                 f"| {(r['rss'] - r['base']) / MB:.0f} | {r['seconds']:.0f} | {slopes[0]} | {slopes[1]} "
                 f"| {'<= ' + str(target) if slopes[0] else ''} |"
             )
-    return "\n".join(lines)
+    return "\n".join(lines + parts)
+
+
+_PARTS = ("rows_bytes", "state_bytes", "vocab_rows_bytes", "index_bytes", "log_bytes")
 
 
 def run_part(*args: str) -> object:

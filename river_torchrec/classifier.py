@@ -125,6 +125,11 @@ class CTRClassifier(OnlineLearner, base.MiniBatchClassifier):
     views of the same tensors (:mod:`river_torchrec.numpy_path`, equal to the torch path
     within 1e-6), about six times faster per event; ``learn_one`` also reuses the work of the
     ``predict_proba_one`` that progressive validation makes just before on the same event.
+    With `numba <https://numba.pydata.org>`_ installed (``pip install river-torchrec[fast]``),
+    the step of those models with OGD, Adagrad or RowWiseAdagrad is one compiled call
+    (:mod:`river_torchrec._kernels`, also within 1e-6 of the torch path), and the default
+    defence weighs frames in one compiled loop; the first process compiles them (seconds)
+    and caches them on disk.
 
     **Threads**: learning, prediction and :meth:`save` hold one re-entrant lock, so
     predictions made while another thread learns see the weights before or after a step,

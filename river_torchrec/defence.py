@@ -53,17 +53,85 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from river import base
 
+from river_torchrec import _kernels
+
 __all__ = ["PoisoningDefence", "DefenceTransaction", "resolve_defence"]
 
 _EPS = 1e-6
 _KEY_TYPES = (str, bool, int, float)
+#: Frames of at least this many rows are weighed by the compiled loop (with numba installed).
+_COMPILED_FRAME = 16
+
+
+def _clock_ints(times: np.ndarray) -> list[int]:
+    """Clock values (whole numbers held as floats by the compiled loop) as the ints weigh stores."""
+    return times.astype(np.int64).tolist()
+
+
+def _overlay(overlay: dict, keys: list, values: Iterable) -> None:
+    """Put ``keys`` last in ``overlay``, in order, with ``values`` (as a pop and an insert each would)."""
+    if overlay:
+        for key in keys:
+            overlay.pop(key, None)
+    overlay.update(zip(keys, values))
+
+
+def _column(series: pd.Series) -> Sequence:
+    """A frame column's values as Python objects: an object column's own array (no copy),
+    any other as a list (a NumPy integer is no key; its Python int is)."""
+    return series.to_numpy() if series.dtype == object else series.tolist()
+
+
+def _entries(overlay: dict, saved: dict, keys: list) -> list:
+    """The current entry of each key: the overlay's, else the saved table's (None: neither)."""
+    if not overlay:
+        return list(map(saved.get, keys))
+    return [e if (e := overlay.get(k)) is not None else saved.get(k) for k in keys]
+
+
+def _fill(entries: list, into: np.ndarray, columns: list[int], flag: int | None, dtype: type) -> np.ndarray:
+    """Write the tuples of ``entries`` (None: none) into ``columns`` of their rows of ``into``
+    and 1 into column ``flag``; returns which rows had an entry."""
+    has = np.fromiter((e is not None for e in entries), dtype=bool, count=len(entries))
+    if has.any():
+        values = np.array([e for e in entries if e is not None], dtype=dtype)
+        into[np.ix_(np.flatnonzero(has), columns)] = values[:, : len(columns)]
+        if flag is not None:
+            into[has, flag] = 1
+    return has
+
+
+def _codes(values: Sequence, n: int, uniques: list) -> np.ndarray:
+    """Integer codes of the key values of a column (-1: no key, as :func:`_key` says), in
+    order of first occurrence; the distinct values are appended to ``uniques``."""
+    arr = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
+    if arr.dtype == object and len(arr) and pd.api.types.infer_dtype(arr, skipna=True) == "string":
+        # Strings, None and NaN only (the usual id column): pandas factorises it in C, the
+        # missing values as -1 as _key says.
+        codes, found = pd.factorize(arr, use_na_sentinel=True)
+        found = found.tolist()
+        if set(map(type, found)) <= {str}:  # not a str subclass (np.str_ is no key to _key)
+            uniques += found
+            return codes.astype(np.int64, copy=False)
+    index: dict = {}
+    codes = np.full(n, -1, dtype=np.int64)
+    for i, v in enumerate(values):
+        t = type(v)
+        if v is None or t not in _KEY_TYPES or (t is float and v != v):
+            continue
+        c = index.get(v)
+        if c is None:
+            c = index[v] = len(index)
+            uniques.append(v)
+        codes[i] = c
+    return codes
 
 
 def _binary_kl(r: float, b: float) -> float:
@@ -241,10 +309,10 @@ class PoisoningDefence(base.Base):
         """:meth:`learn_defended` for a frame: ``step`` gets the trusted weight of each row."""
         txn = self.transaction()
         trusted = txn.weigh_frame(
-            X[self.user_field].tolist() if self.user_field in X.columns else None,
-            {f: X[f].tolist() for f in self.item_fields or () if f in X.columns},
-            list(labels),
-            list(weights),
+            _column(X[self.user_field]) if self.user_field in X.columns else None,
+            {f: _column(X[f]) for f in self.item_fields or () if f in X.columns},
+            labels if isinstance(labels, np.ndarray) else list(labels),
+            weights if isinstance(weights, np.ndarray) else list(weights),
             list(predict()) if predict is not None and self.needs_prediction else None,
         )
         step(trusted)
@@ -317,32 +385,39 @@ class DefenceTransaction:
 
     def weigh(self, x: Any, label: float, weight: float, p: float | None = None) -> float:
         """The trusted weight of one event (``label`` in [0, 1], ``p`` the model's prediction)."""
+        # One function with the helpers inlined (this runs once per learned event); the
+        # arithmetic is theirs, in their order: _decay, population_rate, baseline, surprise.
         d = self.d
-        self.t += 1
+        self.t = t = self.t + 1
         if not isinstance(x, dict):
             return weight  # the estimator refuses it; nothing here is committed then
         w = weight
-        user = _key(x, d.user_field) if d.user_field is not None else None
+        user = None
+        if d.user_field is not None:
+            user = x.get(d.user_field)
+            if user is not None and (type(user) not in _KEY_TYPES or (type(user) is float and user != user)):
+                user = None
         newcomer = False
         if user is not None:
-            entry = self.history.get(user)
+            history = self.history
+            entry = history.pop(user, None)  # overlays keep last-touch order, as the LRU tables do
             if entry is None:
-                entry = d._history.get(user) or (0, self.t)
+                entry = d._history.get(user) or (0, t)
             count, first = entry
             # Age counts the others' events since the sender's first: a burst does not age its sender.
-            newcomer = count < d.min_history or (self.t - first) - count < d.min_age
-            self.history.pop(user, None)  # overlays keep last-touch order, as the LRU tables do
-            self.history[user] = (count + 1, first)
+            newcomer = count < d.min_history or (t - first) - count < d.min_age
+            history[user] = (count + 1, first)
 
         n, s, t_last = self.population
-        f = self._decay(t_last, d.half_life)
+        half_life = d.half_life
+        f = 2.0 ** (-(t - t_last) / half_life) if t != t_last else 1.0
         if d.item_fields:
             # Tested against the population's rate before this event.
-            factor = self._newcomer_anomaly(x, label, newcomer, self.population_rate())
+            factor = self._newcomer_anomaly(x, label, newcomer, (s * f + 0.5) / (n * f + 1.0))
             if factor < 1.0:
                 self.counts[0] += 1
                 w *= factor
-        self.population = [n * f + 1.0, s * f + label, self.t]
+        self.population = [n * f + 1.0, s * f + label, t]
 
         if user is not None and d.max_share is not None:
             w = self._share_budget(user, w)
@@ -356,50 +431,55 @@ class DefenceTransaction:
 
     def _newcomer_anomaly(self, x: dict, label: float, newcomer: bool, p0: float) -> float:
         d = self.d
+        t, half_life, keys, saved = self.t, d.half_life, self.keys, d._keys
+        prior = d.prior_strength
         factor = 1.0
         for field in d.item_fields:
-            value = _key(x, field)
-            if value is None:
+            value = x.get(field)
+            if value is None or type(value) not in _KEY_TYPES or (type(value) is float and value != value):
                 continue
             key = (field, value)
-            entry = self.keys.get(key)
+            entry = keys.pop(key, None)
             if entry is None:
-                entry = d._keys.get(key)
+                entry = saved.get(key)
             if entry is None:
                 n_new = c_new = n_old = c_old = 0.0
             else:
-                f = self._decay(entry[4], d.half_life)
+                t_last = entry[4]
+                f = 2.0 ** (-(t - t_last) / half_life) if t != t_last else 1.0
                 n_new, c_new, n_old, c_old = entry[0] * f, entry[1] * f, entry[2] * f, entry[3] * f
             if newcomer:
                 n_new, c_new = n_new + 1.0, c_new + label
-                if self.t > d.warmup and n_new > 0:
-                    nats = self.surprise(n_new, c_new, n_old, c_old, p0)
+                if t > d.warmup and n_new > 0:
+                    baseline = (c_old + prior * p0) / (n_old + prior)
+                    nats = n_new * _binary_kl(c_new / n_new, baseline)
                     if nats > d.alarm_nats:
-                        baseline = self.baseline(n_old, c_old, p0)
                         # Only events pushing the rate further the anomalous way lose weight.
                         if (label - baseline) * (c_new / n_new - baseline) > 0:
                             factor = min(factor, d.flagged_weight)
             else:
                 n_old, c_old = n_old + 1.0, c_old + label
-            self.keys.pop(key, None)
-            self.keys[key] = (n_new, c_new, n_old, c_old, self.t)
+            keys[key] = (n_new, c_new, n_old, c_old, t)
         return factor
 
     def _share_budget(self, user: Hashable, w: float) -> float:
         d = self.d
-        entry = self.granted.get(user)
+        t, half_life = self.t, d.share_half_life
+        entry = self.granted.pop(user, None)
         if entry is None:
             entry = d._granted.get(user)
-        g = 0.0 if entry is None else entry[0] * self._decay(entry[1], d.share_half_life)
+        if entry is None:
+            g = 0.0
+        else:
+            g = entry[0] * (2.0 ** (-(t - entry[1]) / half_life) if t != entry[1] else 1.0)
         total, t_last = self.total_granted
-        total *= self._decay(t_last, d.share_half_life)
+        total *= 2.0 ** (-(t - t_last) / half_life) if t != t_last else 1.0
         cap = d.max_share * total + d.burst_allowance
         granted = min(w, max(0.0, cap - g))
         if granted < w:
             self.counts[1] += 1
-        self.granted.pop(user, None)
-        self.granted[user] = (g + granted, self.t)
-        self.total_granted = [total + granted, self.t]
+        self.granted[user] = (g + granted, t)
+        self.total_granted = [total + granted, t]
         return granted
 
     def weigh_frame(
@@ -412,6 +492,8 @@ class DefenceTransaction:
         if users is None and not fields and (probas is None or d.max_logit_gradient is None):
             self._advance(labels)  # nothing to weigh: only the clock and the population move
             return list(weights)
+        if len(labels) >= _COMPILED_FRAME and _kernels.available():
+            return self._weigh_frame_compiled(users, {f: items[f] for f in fields}, labels, weights, probas)
         out = []
         for i, (label, w) in enumerate(zip(labels, weights)):
             x = {f: items[f][i] for f in fields}
@@ -419,6 +501,77 @@ class DefenceTransaction:
                 x[d.user_field] = users[i]
             out.append(self.weigh(x, float(label), float(w), None if probas is None else float(probas[i])))
         return out
+
+    def _weigh_frame_compiled(
+        self, users: Sequence | None, items: dict, labels: Sequence[float], weights: Sequence[float],
+        probas: Sequence[float] | None,
+    ) -> list[float]:
+        """:meth:`weigh_frame` as one compiled loop over integer codes of the senders and keys
+        (:func:`river_torchrec._kernels_impl.defence_frame`): the same arithmetic in the same
+        order, so the same weights bit for bit, and the overlays end in the same order."""
+        from river_torchrec._kernels_impl import defence_frame
+
+        d, n = self.d, len(labels)
+        if d.user_field is None:
+            users = None  # weigh ignores the sender then
+        elif users is not None and d.user_field in items:
+            items = {**items, d.user_field: users}  # weigh's x holds the sender's value there
+        user_keys: list = []
+        ucode = _codes(users, n, user_keys) if users is not None else np.full(n, -1, dtype=np.int64)
+        user_int = np.zeros((len(user_keys), 5), dtype=np.int64)
+        user_float = np.zeros((len(user_keys), 3), dtype=np.float64)
+        _fill(_entries(self.history, d._history, user_keys), user_int, [0, 1], 3, np.int64)
+        _fill(_entries(self.granted, d._granted, user_keys), user_float, [0, 1], 2, np.float64)
+        fields = list(items)
+        keys: list = []
+        kcode = np.full((len(fields), n), -1, dtype=np.int64)
+        field_of: list[int] = []
+        for fi, field in enumerate(fields):
+            values: list = []
+            codes = _codes(items[field], n, values)
+            kcode[fi] = np.where(codes >= 0, codes + len(keys), -1)
+            keys += [(field, v) for v in values]
+            field_of += [fi] * len(values)
+        key_state = np.zeros((len(keys), 5), dtype=np.float64)  # the 5th column: t, for key_int
+        key_int = np.zeros((len(keys), 3), dtype=np.int64)
+        has = _fill(_entries(self.keys, d._keys, keys), key_state, [0, 1, 2, 3, 4], None, np.float64)
+        key_int[:, 0], key_int[:, 1] = key_state[:, 4], has
+        key_state = np.ascontiguousarray(key_state[:, :4])
+        pop_n, pop_s, pop_t = self.population
+        tot_g, tot_t = self.total_granted
+        scalars = np.array([self.t, pop_n, pop_s, pop_t, tot_g, tot_t, self.removed], dtype=np.float64)
+        counts = np.zeros(3, dtype=np.int64)
+        params = np.array(
+            [d.min_history, d.min_age, d.warmup, d.half_life, d.alarm_nats, d.prior_strength, d.flagged_weight,
+             -1.0 if d.max_share is None else d.max_share, d.burst_allowance, d.share_half_life,
+             -1.0 if d.max_logit_gradient is None else d.max_logit_gradient],
+            dtype=np.float64,
+        )
+        out = np.empty(n, dtype=np.float64)
+        defence_frame(
+            ucode, kcode, np.asarray(labels, dtype=np.float64), np.asarray(weights, dtype=np.float64),
+            np.zeros(0) if probas is None else np.asarray(probas, dtype=np.float64),
+            user_int, user_float, key_state, key_int, scalars, counts, params, out,
+        )
+        # Into the overlays in the order of the rows' last touch, as one weigh per row leaves
+        # them: every sender and key of the frame was touched.
+        order = np.argsort(user_int[:, 4], kind="stable")
+        users_in_order = [user_keys[u] for u in order.tolist()]
+        _overlay(self.history, users_in_order, zip(user_int[order, 0].tolist(), user_int[order, 1].tolist()))
+        if d.max_share is not None:
+            _overlay(self.granted, users_in_order, zip(user_float[order, 0].tolist(), _clock_ints(user_float[order, 1])))
+        if keys:
+            order = np.argsort(key_int[:, 2] * len(fields) + np.asarray(field_of, dtype=np.int64), kind="stable")
+            state = key_state[order].T.tolist()
+            _overlay(self.keys, [keys[k] for k in order.tolist()], zip(*state, key_int[order, 0].tolist()))
+        self.t = int(scalars[0])
+        self.population = [float(scalars[1]), float(scalars[2]), int(scalars[3])]
+        if user_keys and d.max_share is not None:
+            self.total_granted = [float(scalars[4]), int(scalars[5])]
+        self.removed = float(scalars[6])
+        for j in range(3):
+            self.counts[j] += int(counts[j])
+        return out.tolist()
 
     def _advance(self, labels: Sequence[float]) -> None:
         """Count ``labels`` as events that no signal applies to (closed form of one step per event)."""
@@ -440,10 +593,17 @@ class DefenceTransaction:
         for table, changes in ((d._history, self.history), (d._keys, self.keys), (d._granted, self.granted)):
             if not changes:
                 continue
-            for key, value in changes.items():
-                table[key] = value
-                table.move_to_end(key)
-            while len(table) > d.max_keys:
+            # The changed keys last, in the overlay's order: a set and a move_to_end each, or,
+            # for a frame's many, the ones already there removed and all appended in one update.
+            if len(changes) > 8:
+                for key in changes.keys() & table.keys():
+                    del table[key]
+                table.update(changes)
+            else:
+                for key, value in changes.items():
+                    table[key] = value
+                    table.move_to_end(key)
+            for _ in range(len(table) - d.max_keys):
                 table.popitem(last=False)
         d._population = self.population
         d._total_granted = self.total_granted

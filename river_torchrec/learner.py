@@ -153,6 +153,10 @@ class OnlineLearner:
     #: (:mod:`river_torchrec.numpy_path`); tests switch it off on an instance to compare.
     _use_numpy: bool = True
 
+    #: Whether the NumPy twin may run its one-event steps as one compiled call
+    #: (:mod:`river_torchrec._kernels`, with numba installed); tests switch it off to compare.
+    _use_kernel: bool = True
+
     #: ``missing="nan-is-missing"``: a NaN feature value is missing, in dicts and frames
     #: alike (the class default serves estimators pickled before the parameter existed).
     _nan_missing: bool = True
@@ -160,7 +164,9 @@ class OnlineLearner:
     #: False: the loss is the weighted binary cross-entropy of the logits. True: it is
     #: :meth:`_objective`, which a subclass overrides (the rankers' pairwise BPR loss); the
     #: step then takes d loss / d logits by autograd on the logits alone, so models with
-    #: hand-written gradients keep them, and the NumPy twin (BCE only) is not used.
+    #: hand-written gradients keep them, and the NumPy twin (BCE only) is not used. A
+    #: subclass may also define ``_objective_grad(logits, y, w) -> (losses, loss, d_logits)``,
+    #: :meth:`_objective` with its gradient in closed form, which the step then uses instead.
     _custom_loss: bool = False
 
     def _setup(self) -> None:
@@ -202,6 +208,16 @@ class OnlineLearner:
         if self._memo.numpy is not None:
             self._memo.numpy.unflatten()
         return self.__dict__.copy()
+
+    def _last_rows(self) -> tuple[list[int], list[float]] | None:
+        """Row ids and values (one per field slot) of the last one-event prediction of the NumPy
+        twin or compiled path, when every key of that event had a row and no step was taken
+        since; else None."""
+        fast = self._memo.numpy
+        entry = fast.entry if fast is not None else None
+        if entry is None or not entry.known or entry.version != self._version:
+            return None
+        return entry.ids, entry.vals
 
     def _numpy(self) -> NumpyPath | None:
         """The NumPy twin, when it applies to this model, updater and device."""
@@ -265,10 +281,15 @@ class OnlineLearner:
     # ------------------------------------------------------------- encoding
 
     def _lookup(self, keys: list[tuple], learn: bool, counts: Sequence[int] | None = None) -> list[int]:
-        table = self.model_.embedding
+        net = self.model_
+        # The module's own dict: torch's Module.__getattr__ is a Python function.
+        table = net._modules.get("embedding")
+        if table is None:
+            table = net.embedding
         rows = table.lookup(keys, learn=learn, counts=counts)
         if learn:
-            recycled = table.pop_recycled()
+            # Only asked for when there are some: pop_recycled assigns through Module.__setattr__.
+            recycled = table.pop_recycled() if getattr(table, "_recycled", True) else None
             self._rows_recycled = bool(recycled)
             if recycled:
                 self._updater.reset_rows("embedding.weight", recycled)
@@ -351,7 +372,7 @@ class OnlineLearner:
             except TypeError as e:
                 raise TypeError(f"feature {col!r} has values that are not categories: {e}") from None
             values = uniques.tolist()
-            if all(type(u) is str for u in values):
+            if values and set(map(type, values)) == {str}:
                 # The usual categorical column: every key is the string itself, weight 1.
                 keys, weights = [(col, u) for u in values], [1.0] * len(values)
             else:
@@ -488,7 +509,11 @@ class OnlineLearner:
             # autograd graph costs more than the arithmetic.
             with torch.no_grad():
                 logits, cache = forward if forward is not None else net.forward_cached(ids, vals)
-                if self._custom_loss:
+                closed = getattr(self, "_objective_grad", None) if self._custom_loss else None
+                if closed is not None:
+                    # The subclass's closed form: no autograd graph on the logits.
+                    losses, loss, d_logits = closed(logits, y, w)
+                elif self._custom_loss:
                     with torch.enable_grad():
                         leaf = logits.detach().requires_grad_()
                         losses, loss = self._objective(leaf, y, w)
@@ -583,13 +608,13 @@ class OnlineLearner:
 
     def _predict_event(self, x: dict) -> float:
         """P(y = 1) of one event; nothing in the model changes."""
-        parsed = parse_features(x, self._log_numeric, self._nan_missing)
         fast = self._numpy()
         if fast is not None:
-            p = fast.predict(self, x, parsed)
+            p = fast.predict(self, x)
             if p != p:
                 p = float(_no_nan(np.array([p]))[0])
             return p
+        parsed = parse_features(x, self._log_numeric, self._nan_missing)
         ids, vals = self._tensors([parsed], learn=False)
         net = self.model_
         if net.supports_manual_grad:

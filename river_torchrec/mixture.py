@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from river import base
 
+from river_torchrec import _auto_kernels
 from river_torchrec.labels import binary_label, frame_weights, sample_weight
 
 __all__ = ["OnlineMixture", "RunningPrior"]
@@ -112,7 +113,30 @@ class OnlineMixture(base.MiniBatchClassifier):
     also hands a fraction :math:`\alpha` of the weight back evenly, so the mixture can move
     to a member that becomes best later (after a drift) within a few hundred events instead
     of having to pay back the whole lead of the former best; the bound against any single
-    member becomes :math:`\log N + T \log\frac{1}{1-\alpha}`.
+    member :math:`j` becomes :math:`\log\frac{1}{\pi_{j,1}} + T \log\frac{1}{1-\alpha}`
+    (:math:`\log N + T \log\frac{1}{1-\alpha}` from uniform weights).
+
+    That price is paid on every event, also on a stream where one member is best all along.
+    With ``baseline`` :math:`b` (a member index) the share goes only where there is
+    evidence for it: to the members whose *recent lead* over member :math:`b` exceeds
+    ``margin`` nats, evenly, or back to :math:`b` when no member leads. The recent lead of
+    :math:`j` is :math:`\sum_{s \le t} \lambda^{t-s} w_s (\ell_{b,s} - \ell_{j,s})` with
+    :math:`\lambda = 2^{-1/h}` (``half_life`` :math:`h`). On the :math:`k`-th event with a
+    leader (:math:`k = 0, 1, \dots`) the rate is :math:`\alpha_t = \max(\alpha, 1/(k+2))`,
+    so a member that starts leading takes over within a few events (the decreasing share of
+    Koolen and de Rooij), and :math:`\alpha` on the other events. Each step multiplies the
+    baseline's weight by at least :math:`1 - \alpha_t` on events with a leader and by at
+    least 1 on the others, so
+
+    .. math::
+        \sum_t -w_t \log p_t(y_t) \;\le\; \sum_t -w_t \log p_{b,t}(y_t)
+        + \log\frac{1}{\pi_{b,1}} + \sum_{t \in A} \log\frac{1}{1-\alpha_t}
+
+    with :math:`A` the events where some member led (:meth:`regret_bound`; the sum is at
+    most :math:`\log(|A|+1) + |A| \log\frac{1}{1-\alpha}`). With all the initial weight on
+    the baseline and no member ever leading, the mixture *is* the baseline. Against any
+    other member :math:`j`, from any event :math:`s` at which it received share, the excess
+    is at most :math:`\log\frac{N}{\alpha_s} + \sum_{t > s} \log\frac{1}{1-\alpha_t}`.
 
     Every member learns every event (``learn_one`` on each); the mixture calls each
     member's ``predict_proba_one`` once per event and reuses it in ``learn_one`` when the
@@ -125,6 +149,15 @@ class OnlineMixture(base.MiniBatchClassifier):
         Binary classifiers with ``predict_proba_one`` and ``learn_one`` (at least one).
     share
         Fixed-share rate :math:`\alpha` in ``[0, 1)``; 0 is the plain Bayes mixture.
+    weights
+        Initial weights :math:`\pi_1` (non-negative, not all zero; normalised); uniform if None.
+    baseline
+        None: the share is spread evenly over every member on every event. A member index
+        :math:`b`: the share goes to the members leading :math:`b` lately, or to :math:`b`.
+    half_life
+        ``baseline`` only: half-life, in events, of the recent lead (> 0).
+    margin
+        ``baseline`` only: the recent lead, in nats, above which a member leads (>= 0).
 
     Attributes
     ----------
@@ -134,6 +167,12 @@ class OnlineMixture(base.MiniBatchClassifier):
         Each member's cumulative (weighted) log loss on the events learned so far.
     n_learned_
         Events learned so far.
+    leads_
+        ``baseline`` only: each member's recent lead over the baseline, in nats.
+    n_led_
+        ``baseline`` only: events on which some member led the baseline.
+    share_price_
+        ``baseline`` only: :math:`\sum_{t \in A} \log\frac{1}{1-\alpha_t}` so far.
 
     Examples
     --------
@@ -158,7 +197,15 @@ class OnlineMixture(base.MiniBatchClassifier):
 
     """
 
-    def __init__(self, members: Sequence, share: float = 0.0) -> None:
+    def __init__(
+        self,
+        members: Sequence,
+        share: float = 0.0,
+        weights: Sequence[float] | None = None,
+        baseline: int | None = None,
+        half_life: float = 500.0,
+        margin: float = 1.0,
+    ) -> None:
         members = list(members)
         if not members:
             raise ValueError("members must hold at least one classifier")
@@ -167,14 +214,96 @@ class OnlineMixture(base.MiniBatchClassifier):
                 raise TypeError(f"member {m!r} has no predict_proba_one/learn_one")
         if not (isinstance(share, (int, float)) and 0 <= share < 1):
             raise ValueError(f"share must be a number in [0, 1), got {share!r}")
+        n = len(members)
+        if weights is None:
+            init = [1.0 / n] * n
+        else:
+            init = [float(v) for v in weights]
+            if len(init) != n or not all(math.isfinite(v) and v >= 0 for v in init) or not sum(init) > 0:
+                raise ValueError(f"weights must be {n} finite numbers >= 0, not all 0, got {weights!r}")
+            total = sum(init)
+            init = [v / total for v in init]
+        if baseline is not None and not (isinstance(baseline, int) and 0 <= baseline < n):
+            raise ValueError(f"baseline must be None or a member index in [0, {n}), got {baseline!r}")
+        if not (isinstance(half_life, (int, float)) and half_life > 0 and math.isfinite(half_life)):
+            raise ValueError(f"half_life must be a finite number > 0, got {half_life!r}")
+        if not (isinstance(margin, (int, float)) and margin >= 0 and math.isfinite(margin)):
+            raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
         self.members = members
         self.share = share
-        n = len(members)
-        self._log_w = [-math.log(n)] * n
-        self._w = [1.0 / n] * n
-        self.member_losses_ = [0.0] * n
-        self.n_learned_ = 0
+        self.weights = weights
+        self.baseline = baseline
+        self.half_life = half_life
+        self.margin = margin
+        self._init = init
+        self._decay = 0.5 ** (1.0 / half_life)
+        # The whole state in one float64 array (weights, log-weights, losses, leads, then the
+        # event counts and the share's price), so that one compiled call can update it.
+        self._state = np.zeros(4 * n + 3)
+        self._w = init
         self._last: tuple[dict, dict, list[float]] | None = None
+
+    # ------------------------------------------------------------ state views
+
+    @property
+    def _w(self) -> list[float]:
+        return self._state[: len(self.members)].tolist()
+
+    @_w.setter
+    def _w(self, w: Sequence[float]) -> None:
+        n = len(self.members)
+        self._state[:n] = w
+        with np.errstate(divide="ignore"):
+            self._state[n : 2 * n] = np.log(self._state[:n])
+
+    @property
+    def _log_w(self) -> list[float]:
+        n = len(self.members)
+        return self._state[n : 2 * n].tolist()
+
+    @property
+    def member_losses_(self) -> list[float]:
+        n = len(self.members)
+        return self._state[2 * n : 3 * n].tolist()
+
+    @member_losses_.setter
+    def member_losses_(self, losses: Sequence[float]) -> None:
+        n = len(self.members)
+        self._state[2 * n : 3 * n] = losses
+
+    @property
+    def leads_(self) -> list[float]:
+        n = len(self.members)
+        return self._state[3 * n : 4 * n].tolist()
+
+    @leads_.setter
+    def leads_(self, leads: Sequence[float]) -> None:
+        n = len(self.members)
+        self._state[3 * n : 4 * n] = leads
+
+    @property
+    def n_learned_(self) -> int:
+        return int(self._state[4 * len(self.members)])
+
+    @n_learned_.setter
+    def n_learned_(self, n_events: int) -> None:
+        self._state[4 * len(self.members)] = n_events
+
+    @property
+    def n_led_(self) -> int:
+        return int(self._state[4 * len(self.members) + 1])
+
+    @n_led_.setter
+    def n_led_(self, n_events: int) -> None:
+        self._state[4 * len(self.members) + 1] = n_events
+
+    @property
+    def share_price_(self) -> float:
+        return float(self._state[4 * len(self.members) + 2])
+
+    @share_price_.setter
+    def share_price_(self, price: float) -> None:
+        self._state[4 * len(self.members) + 2] = price
 
     @property
     def _multiclass(self) -> bool:
@@ -185,10 +314,22 @@ class OnlineMixture(base.MiniBatchClassifier):
         return list(self._w)
 
     def regret_bound(self, n_events: float | None = None) -> float:
-        r"""The bound on (mixture's - best member's) cumulative log loss after ``n_events``
-        (default: the events learned so far): :math:`\log N + T \log\frac{1}{1-\alpha}`."""
+        r"""The bound on the mixture's cumulative log loss minus a member's.
+
+        Without ``baseline``: against every member, after ``n_events`` (default: the events
+        learned so far), :math:`\log\frac{1}{\min_j \pi_{j,1}} + T \log\frac{1}{1-\alpha}`
+        (:math:`\log N + \dots` from uniform weights). With ``baseline``: against the
+        baseline, on the events learned so far, :math:`\log\frac{1}{\pi_{b,1}}` plus
+        :attr:`share_price_` (``n_events`` is then refused: the price depends on the stream).
+        """
+        if self.baseline is not None:
+            if n_events is not None:
+                raise ValueError("with a baseline the bound depends on the stream: call regret_bound() without n_events")
+            return -math.log(self._init[self.baseline]) + self.share_price_
         t = self.n_learned_ if n_events is None else n_events
-        return math.log(len(self.members)) + (t * -math.log1p(-self.share) if self.share else 0.0)
+        smallest = min(self._init)
+        first = -math.log(smallest) if smallest > 0 else math.inf
+        return first + (t * -math.log1p(-self.share) if self.share else 0.0)
 
     @classmethod
     def _unit_test_params(cls):
@@ -196,6 +337,10 @@ class OnlineMixture(base.MiniBatchClassifier):
 
         yield {"members": [RunningPrior(), linear_model.LogisticRegression()]}
         yield {"members": [RunningPrior(), linear_model.LogisticRegression()], "share": 0.01}
+        yield {
+            "members": [RunningPrior(), linear_model.LogisticRegression()], "share": 0.01, "weights": [1, 0],
+            "baseline": 0, "half_life": 50, "margin": 0.5,
+        }
 
     def _unit_test_skips(self) -> set[str]:
         return {
@@ -231,20 +376,61 @@ class OnlineMixture(base.MiniBatchClassifier):
         self._update_one(probas, label, weight)
 
     def _update_one(self, probas: list[float], label: float, weight: float) -> None:
-        # Plain floats: for a few members NumPy's per-call overhead would cost more than
-        # the arithmetic (this runs once per event).
-        losses = [-math.log(max(q if label > 0.5 else 1.0 - q, _P_MIN)) * weight for q in probas]
-        log_w = [a - b for a, b in zip(self._log_w, losses)]
+        kernel = _auto_kernels.mix_kernel()
+        if kernel is not None:
+            b = self.baseline
+            kernel(self._state, np.asarray(probas, dtype=np.float64), label, weight, self.share, self._decay,
+                   self.margin, -1 if b is None else b)
+            return
+        self._update_python(probas, label, weight)
+
+    def _update_python(self, probas: list[float], label: float, weight: float) -> None:
+        """:meth:`_update_one` without numba; the compiled one (:mod:`river_torchrec._auto_kernels`)
+        does the same arithmetic in the same order."""
+        n = len(probas)
+        state = self._state
+        log, exp = math.log, math.exp
+        if label > 0.5:
+            losses = [-log(q if q > _P_MIN else _P_MIN) * weight for q in probas]
+        else:
+            losses = [-log(1.0 - q if 1.0 - q > _P_MIN else _P_MIN) * weight for q in probas]
+        log_w = [a - b for a, b in zip(state[n : 2 * n].tolist(), losses)]
         top = max(log_w)
-        norm = top + math.log(sum(math.exp(a - top) for a in log_w))
-        log_w = [a - norm for a in log_w]
-        if self.share:
-            keep, spread = 1.0 - self.share, self.share / len(log_w)
-            log_w = [math.log(keep * math.exp(a) + spread) for a in log_w]
-        self._log_w = log_w
-        self._w = [math.exp(a) for a in log_w]
-        self.member_losses_ = [a + b for a, b in zip(self.member_losses_, losses)]
-        self.n_learned_ += 1
+        norm = top + log(sum([exp(a - top) for a in log_w]))
+        w = [exp(a - norm) for a in log_w]
+        rate, target = self._share_target(losses)
+        if rate:
+            keep = 1.0 - rate
+            if target is None:
+                spread = rate / n
+                w = [keep * v + spread for v in w]
+            else:
+                w = [keep * v for v in w]
+                for i in target:
+                    w[i] += rate / len(target)
+        state[:n] = w
+        state[n : 2 * n] = [log(v) if v > 0 else -math.inf for v in w]
+        state[2 * n : 3 * n] += losses
+        state[4 * n] += 1
+
+    def _share_target(self, losses: list[float]) -> tuple[float, list[int] | None]:
+        """This event's share rate and the members it goes to (None: all, evenly)."""
+        b = self.baseline
+        if b is None:
+            return self.share, None
+        n = len(losses)
+        state = self._state
+        decay, ref = self._decay, losses[b]
+        leads = [decay * a + (ref - l) for a, l in zip(state[3 * n : 4 * n].tolist(), losses)]
+        state[3 * n : 4 * n] = leads
+        margin = self.margin
+        target = [i for i, a in enumerate(leads) if i != b and a > margin]
+        if not target:
+            return self.share, [b]
+        rate = max(self.share, 1.0 / (state[4 * n + 1] + 2))
+        state[4 * n + 1] += 1
+        state[4 * n + 2] += -math.log1p(-rate)
+        return rate, target
 
     def _update(self, probas: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> None:
         """The updates of :meth:`_update_one` for rows of member probabilities, in order."""

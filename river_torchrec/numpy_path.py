@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from river_torchrec import _kernels
+from river_torchrec.encoding import FLOAT32_MAX as _FLOAT32_MAX
 from river_torchrec.encoding import parse_features
 from river_torchrec.nn import PADDING_ROW, CTRModel, DynamicEmbedding
 
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["NumpyPath"]
 
 _TABLE = "embedding.weight"
+_NO_STATE = np.zeros((1, 1), dtype=np.float32)
+_data_ptr = torch.Tensor.data_ptr
 
 
 def _sigmoid(z: float) -> float:
@@ -88,10 +92,11 @@ class _Layout:
 
     __slots__ = (
         "net", "params", "updater", "ptrs", "flat", "arrays", "grads", "grad_flat", "state", "plan",
-        "dense_state", "checks", "scalars", "starts", "sizes",
+        "dense_state", "checks", "scalars", "starts", "sizes", "kernel", "tensors", "has_state", "copied",
+        "versions",
     )
 
-    def __init__(self, clf: CTRClassifier) -> None:
+    def __init__(self, clf: CTRClassifier, with_state: bool = True) -> None:
         net = clf.model_
         params = clf._trainable()
         updater = clf._updater
@@ -100,21 +105,44 @@ class _Layout:
         for _, p in params:
             spans.append((total, total + p.numel()))
             total += p.numel()
-        flat = torch.empty(total, dtype=torch.float32)
+        code = _kernel_code(clf)
+        kernel = None
+        if code is not None:
+            # The compiled step: parameters, their state and all scratch space in one workspace.
+            kernel = _Kernel(net, code, [n for n, _ in params], spans, total, updater)
+            flat = torch.from_numpy(kernel.ws[:total])
+        else:
+            flat = torch.empty(total, dtype=torch.float32)
+        # A layout for predictions only copies the parameters and leaves them where they are
+        # (a prediction moves no storage: a pickle taken before it stays byte for byte the
+        # same); it is valid while no step was taken and no parameter was written in place.
+        self.copied = kernel is not None and not with_state
         with torch.no_grad():
             for (_, p), (a, b) in zip(params, spans):
                 flat[a:b] = p.detach().reshape(-1)
-            for (_, p), (a, b) in zip(params, spans):
-                p.data = flat[a:b].view(p.shape)
+            if not self.copied:
+                for (_, p), (a, b) in zip(params, spans):
+                    p.data = flat[a:b].view(p.shape)
         self.flat = flat.numpy()
-        self.ptrs = [p.data_ptr() for _, p in params]
+        self.tensors = [p for _, p in params]
+        self.ptrs = list(map(_data_ptr, self.tensors))
+        # Steps write through ``p.data`` (no version bump) but count in the estimator's version.
+        self.versions = [clf._version] + [p._version for p in self.tensors] if self.copied else None
         self.arrays = {n: self.flat[a:b].reshape(p.shape) for (n, p), (a, b) in zip(params, spans)}
         self.grad_flat = np.zeros(total, dtype=np.float32)
         self.grads = {n: self.grad_flat[a:b].reshape(p.shape) for (n, p), (a, b) in zip(params, spans)}
         self.state: dict[str, tuple[np.ndarray, list[tuple[str, torch.Tensor]]]] = {}
-        for key, fill in (updater.numpy_state or {}).items():
+        # Without state (a layout built by a prediction, which must create no updater state),
+        # the layout serves predictions only; the first learning step builds the full one.
+        self.has_state = with_state
+        for key, fill in (updater.numpy_state or {}).items() if with_state else ():
             bufs = [updater._buffer(n, key, p, fill) for n, p in params]
             state_flat = torch.cat([b.detach().reshape(-1).float() for b in bufs]) if bufs else torch.zeros(0)
+            if kernel is not None:
+                # The only state key of the kernel's updaters: into the workspace.
+                into = torch.from_numpy(kernel.ws[kernel.off["state"] : kernel.off["state"] + total])
+                into.copy_(state_flat)
+                state_flat = into
             views = []
             for (n, p), (a, b) in zip(params, spans):
                 view = state_flat[a:b].view(p.shape)
@@ -126,7 +154,7 @@ class _Layout:
         self.starts = np.array([a for a, _ in spans], dtype=np.intp)
         self.sizes = np.array([b - a for a, b in spans], dtype=np.intp)
         self.scalars: dict[str, tuple[np.ndarray, list[tuple[str, torch.Tensor]]]] = {}
-        for key, fill in updater.numpy_scalar_state.items():
+        for key, fill in updater.numpy_scalar_state.items() if with_state else ():
             bufs = [updater._buffer(n, key, torch.empty(()), fill) for n, _ in params]
             scalar_flat = torch.stack([b.detach().reshape(()).float() for b in bufs]) if bufs else torch.zeros(0)
             views = []
@@ -143,16 +171,20 @@ class _Layout:
             for n, view in views
         ]
         self.plan = net.numpy_plan()
+        self.kernel = kernel
 
     def valid(self, clf: CTRClassifier, with_state: bool) -> bool:
         """Still the model's parameters (and, ``with_state``, the updater's state tensors)."""
         if self.net is not clf.model_ or self.updater is not clf._updater or self.params is not clf._trainable():
             return False
         # A storage moved under a view (``share_memory_``, ``p.data = ...``) changes its address.
-        for (_, p), ptr in zip(self.params, self.ptrs):
-            if p.data_ptr() != ptr:
-                return False
+        if list(map(_data_ptr, self.tensors)) != self.ptrs:
+            return False
+        if self.copied and [clf._version] + [p._version for p in self.tensors] != self.versions:
+            return False
         if with_state:
+            if not self.has_state:
+                return False
             state = self.updater._state
             for n, key, view in self.checks:
                 slots = state.get(n)
@@ -162,6 +194,8 @@ class _Layout:
 
     def unflatten(self) -> None:
         """Give every parameter and state tensor its own storage again (values unchanged)."""
+        if self.copied:
+            return  # the parameters never left their own storage
         with torch.no_grad():
             for _, p in self.params:
                 p.data = p.data.clone()
@@ -169,6 +203,82 @@ class _Layout:
         for n, key, view in self.checks:
             if state.get(n, {}).get(key) is view:
                 state[n][key] = view.clone()
+
+
+#: The updaters the compiled step implements, by exact class name (a subclass may change the arithmetic).
+_KERNEL_UPDATERS = _kernels.UPDATER_CODES
+
+
+def _kernel_code(clf: CTRClassifier) -> int | None:
+    """The kernel's updater code when the compiled step applies to the estimator, else None."""
+    if not clf._use_kernel or not _kernels.available():
+        return None
+    net, updater = clf.model_, clf._updater
+    cls = type(updater)
+    code = _KERNEL_UPDATERS.get(cls.__name__)
+    if code is None or cls.__module__.rsplit(".", 1)[0] != "river_torchrec.optim":
+        return None
+    if code != _kernels.OGD and not (updater.eps > 0 or updater.initial_accumulator_value > 0):
+        # 0 / 0 on a coordinate without gradient: the torch path rejects such steps, and
+        # the kernel, which skips coordinates without gradient, would not.
+        return None
+    terms = type(net).__dict__.get("numpy_terms")
+    if not terms or not set(terms) <= {"linear", "fm", "mlp"} or not net.uses_linear:
+        return None
+    try:
+        _kernels.kernels()
+    except Exception:  # noqa: BLE001 - a numba that cannot compile: the NumPy twin runs instead
+        return None
+    return code
+
+
+class _Kernel:
+    """The workspace and plan of the compiled step (:mod:`river_torchrec._kernels`) for one layout."""
+
+    __slots__ = ("ws", "plan", "off", "fcap", "code", "ids_at", "vals_at", "forward", "learn", "eps", "s0")
+
+    def __init__(
+        self, net: CTRModel, code: int, names: list[str], spans: list[tuple[int, int]], total: int, updater
+    ) -> None:
+        K = _kernels
+        start = {n: a for n, (a, _) in zip(names, spans)}
+        layers = net.numpy_plan()
+        shapes = {n: b - a for n, (a, b) in zip(names, spans)}
+        widths = [shapes[b] for _, b, _ in layers]
+        width = _table(net).dim
+        # Room for twice today's fields: a new field of an FM or LR changes no parameter.
+        fcap = max(16, 2 * net.n_fields)
+        off, size = K.workspace_layout(total, code != K.OGD, fcap, width, widths)
+        self.ws = np.zeros(size, dtype=np.float32)
+        n_layers = len(layers)
+        plan = np.zeros(K.HEADER + 5 * n_layers + 2 * fcap, dtype=np.int64)
+        terms = net.numpy_terms
+        head = {
+            K.P_FIELDS: net.n_fields, K.P_WIDTH: width, K.P_LINEAR: int("linear" in terms),
+            K.P_FM: int("fm" in terms), K.P_LAYERS: n_layers, K.P_BIAS: start["bias"], K.P_CODE: code,
+            K.P_FCAP: fcap, K.P_PARAMS: total, K.P_STATE: off["state"], K.P_NEWP: off["newp"],
+            K.P_NEWS: off["news"], K.P_VALS: off["vals"], K.P_X: off["x"], K.P_ACTS: off["acts"],
+            K.P_DACTS: off["dacts"], K.P_TOTAL: off["total"], K.P_DIN: off["din"], K.P_RGRAD: off["rgrad"],
+            K.P_RNEW: off["rnew"], K.P_RSNEW: off["rsnew"],
+            K.P_IDS: K.HEADER + 5 * n_layers, K.P_REP: K.HEADER + 5 * n_layers + fcap,
+        }
+        for slot, value in head.items():
+            plan[slot] = value
+        for i, (w, b, relu) in enumerate(layers):
+            n_out = shapes[b]
+            plan[K.HEADER + 5 * i : K.HEADER + 5 * i + 5] = (start[w], start[b], n_out, shapes[w] // n_out, int(relu))
+        self.plan, self.off, self.fcap, self.code = plan, off, fcap, code
+        self.ids_at, self.vals_at = int(plan[K.P_IDS]), off["vals"]
+        self.forward, self.learn = K.kernels()
+        self.eps = float(getattr(updater, "eps", 0.0))
+        self.s0 = float(getattr(updater, "initial_accumulator_value", 0.0))
+
+    def load(self, ids: list[int], vals: list[float]) -> int:
+        """Put the event's row ids and values where the kernel reads them; its field count."""
+        n = len(ids)
+        self.plan[self.ids_at : self.ids_at + n] = ids
+        self.ws[self.vals_at : self.vals_at + n] = vals
+        return n
 
 
 class NumpyPath:
@@ -312,12 +422,75 @@ class NumpyPath:
             vals[slot] = value
         return ids, vals, known
 
-    def predict(self, clf: CTRClassifier, x: dict, parsed: list) -> float:
-        """P(click) of an event; remembers the forward pass for the next :meth:`learn`."""
-        ids, vals, known = self._arrange(clf, parsed, learn=False)
+    @staticmethod
+    def _arrange_dict(clf: CTRClassifier, x: dict) -> tuple[list[int], list[float], bool] | None:
+        """:meth:`_arrange` of a prediction straight from the dict, parsing and looking up in
+        one pass; None when the event needs :func:`parse_features` (any value but a str, a
+        finite int or float, or None; a clipper, hashing or ``max_rows``), which then validates it."""
+        if type(x) is not dict or clf._clipper is not None:
+            return None
+        net = clf.model_
+        table = _table(net)
+        if table.mode == "hash" or table.max_rows is not None:
+            return None
+        slot_of, hot, row_of, oov = clf._encoder.slots, table._rows._cache, table._rows.get, table._oov
+        log = clf._log_numeric
+        n_fields = net.n_fields
+        ids, vals = [PADDING_ROW] * n_fields, [0.0] * n_fields
+        known = True
+        for field, v in x.items():
+            t = type(v)
+            if t is str:
+                k, value = (field, v), 1.0
+            elif t is float or t is int:
+                if not -_FLOAT32_MAX <= v <= _FLOAT32_MAX:
+                    return None  # NaN or out of range: parse_features says what it means
+                k = (field, None)
+                value = math.copysign(math.log1p(abs(v)), v) if log else float(v)
+            elif v is None:
+                continue
+            else:
+                return None
+            slot = slot_of.get(field)
+            if slot is None:
+                known = False
+                continue
+            row = hot.get(k) or row_of(k)
+            if row is None:
+                known = False
+                row = oov.get(field, PADDING_ROW)
+            ids[slot] = row
+            vals[slot] = value
+        return ids, vals, known
+
+    def predict(self, clf: CTRClassifier, x: dict, parsed: list | None = None) -> float:
+        """P(click) of an event; remembers the forward pass for the next :meth:`learn`.
+        ``parsed``: :func:`parse_features` of ``x``, done here when not given."""
+        arranged = self._arrange_dict(clf, x) if parsed is None else None
+        if arranged is None:
+            if parsed is None:
+                parsed = parse_features(x, clf._log_numeric, clf._nan_missing)
+            arranged = self._arrange(clf, parsed, learn=False)
+        ids, vals, known = arranged
         net: CTRModel = clf.model_
         lay = self._layout
-        if lay is not None and lay.valid(clf, with_state=False):
+        ok = lay is not None and lay.valid(clf, with_state=False)
+        if not ok and _kernel_code(clf) is not None:
+            # The compiled forward pass from the first prediction on, so that a model predicts
+            # the same before and after its first step (or a checkpoint's reload) bit for bit.
+            if lay is not None:
+                lay.unflatten()
+            lay = self._layout = _Layout(clf, with_state=False)
+            ok = True
+        if ok:
+            kernel = lay.kernel
+            if kernel is not None and len(ids) <= kernel.fcap:
+                n = kernel.load(ids, vals)
+                logit = kernel.forward(self._table_view(_table_weight(net)), kernel.ws, kernel.plan, n)
+                types = tuple(map(type, x.values())) if known else None
+                # The cache is the kernel: its workspace holds this forward pass until the next one.
+                self.entry = _Prediction(clf._version, dict(x) if known else None, types, ids, vals, known, logit, kernel, None)
+                return _sigmoid(logit)
             plan, arrays = lay.plan, lay.arrays
         else:
             # No flat layout before the first step: prediction must not create updater state.
@@ -350,7 +523,7 @@ class NumpyPath:
         updater = clf._updater
         lay = self._layout
         snapshot = None
-        if lay is None or not lay.valid(clf, with_state=True):
+        if lay is None or not lay.valid(clf, with_state=True) or (lay.kernel is not None and len(ids) > lay.kernel.fcap):
             # Building the layout may create updater state, which a rejected step must drop.
             snapshot = {n: dict(slots) for n, slots in updater._state.items()}
             if lay is not None:
@@ -358,8 +531,12 @@ class NumpyPath:
             lay = self._layout = _Layout(clf)
         elif updater.numpy_state and _TABLE not in updater._state:
             snapshot = {n: dict(slots) for n, slots in updater._state.items()}
-        with np.errstate(all="ignore"):  # overflows are caught below, as non-finite values
-            reason = self._step(clf, lay, ids, vals, y, w)
+        if lay.kernel is not None:
+            entry, self.entry = self.entry, None
+            reason = self._kernel_step(clf, lay.kernel, entry, ids, vals, y, w)
+        else:
+            with np.errstate(all="ignore"):  # overflows are caught below, as non-finite values
+                reason = self._step(clf, lay, ids, vals, y, w)
         if reason is not None:
             if snapshot is not None:
                 self.unflatten()
@@ -441,3 +618,49 @@ class NumpyPath:
         if clf.scheduler is not None:
             clf.scheduler.observe([loss], updater)
         return None
+
+    def _kernel_step(
+        self, clf: CTRClassifier, kernel: _Kernel, entry: _Prediction | None, ids: list[int], vals: list[float],
+        y: float, w: float,
+    ) -> str | None:
+        """:meth:`_step` as one compiled call (same arithmetic, same rejection)."""
+        weight = _table_weight(clf.model_)
+        table = self._table_view(weight)
+        reuse = (
+            entry is not None
+            and entry.cache is kernel
+            and entry.version == clf._version
+            and not clf._rows_recycled
+            and entry.ids == ids
+            and entry.vals == vals
+        )
+        if reuse:
+            n, logit = len(ids), entry.logit
+        else:
+            n, logit = kernel.load(ids, vals), 0.0
+        rstate = self._kernel_row_state(clf, weight, kernel)
+        updater = clf._updater
+        scheduler = clf.scheduler
+        lr = updater.lr * (scheduler.multiplier() if scheduler is not None else 1.0)
+        clip = updater.clip_norm
+        # Fixed argument types: each new combination would be compiled anew.
+        status, loss = kernel.learn(
+            table, rstate, kernel.ws, kernel.plan, n, float(logit), bool(reuse), float(y), float(w), float(lr),
+            kernel.eps, kernel.s0, 0.0 if clip is None else float(clip),
+        )
+        clf._version += 1
+        if status:
+            return "a non-finite loss" if status == 1 else "a non-finite gradient, weight or optimizer state"
+        updater.n_steps += 1
+        if scheduler is not None:
+            scheduler.observe([loss], updater)
+        return None
+
+    def _kernel_row_state(self, clf: CTRClassifier, weight: torch.Tensor, kernel: _Kernel) -> np.ndarray:
+        """The table's row state as the kernel reads it: ``[rows, width]`` (Adagrad), ``[rows, 1]``
+        (row-wise Adagrad) or a placeholder (OGD, stateless)."""
+        views = self._row_state(clf, weight)
+        if kernel.code == _kernels.OGD:
+            return _NO_STATE
+        state = views["sum_sq"] if kernel.code == _kernels.ADAGRAD else views["sum_sq_row"]
+        return state if state.ndim == 2 else state.reshape(-1, 1)

@@ -215,3 +215,47 @@ def re_escape(text: str) -> str:
 def test_kl_closed_form():
     assert _binary_kl(1.0, 0.1) == pytest.approx(math.log(10), rel=1e-5)
     assert _binary_kl(0.3, 0.3) == 0.0
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"warmup": 0, "max_logit_gradient": 0.5, "max_keys": 300}, {"max_share": 0.02, "burst_allowance": 2.0},
+     {"user_field": None}],
+    ids=["default", "clip_small_tables", "tight_budget", "no_user"],
+)
+@pytest.mark.parametrize("strings_only", [True, False], ids=["str", "mixed"])
+def test_compiled_frames_weigh_like_row_by_row_bit_for_bit(monkeypatch, params, strings_only):
+    import copy
+    import random
+
+    from river_torchrec import _kernels
+    from river_torchrec import defence as defence_module
+
+    if not _kernels.available():
+        pytest.skip("numba is not installed")
+    rng = random.Random(7)
+    extra_users = [] if strings_only else [3, 2.5, float("nan"), True]
+    extra_items = [] if strings_only else [1.5, 7]
+    rowwise = PoisoningDefence(**params)
+    compiled = copy.deepcopy(rowwise)
+    for _ in range(4):
+        n = 300
+        users = [rng.choice([f"u{rng.randrange(60)}", f"bot{rng.randrange(400)}", None, *extra_users]) for _ in range(n)]
+        items = [rng.choice(["a", "b", "target", None, *extra_items]) for _ in range(n)]
+        labels = [float(rng.random() < 0.3 or (isinstance(u, str) and u.startswith("bot"))) for u in users]
+        weights = [rng.choice([1.0, 0.5, 2.0]) for _ in range(n)]
+        probas = [rng.random() for _ in range(n)]
+        out = []
+        for defence, threshold in ((rowwise, 10**9), (compiled, 16)):
+            monkeypatch.setattr(defence_module, "_COMPILED_FRAME", threshold)
+            txn = defence.transaction()
+            out.append(txn.weigh_frame(users, {"item_id": items}, labels, weights, probas))
+            txn.commit()
+        assert out[0] == out[1]
+    for attr in ("_history", "_keys", "_granted"):
+        assert list(getattr(rowwise, attr).items()) == list(getattr(compiled, attr).items()), attr
+    assert rowwise._population == compiled._population and rowwise._total_granted == compiled._total_granted
+    assert (rowwise.n_seen_, rowwise.n_flagged_, rowwise.n_limited_, rowwise.n_clipped_, rowwise.weight_removed_) == (
+        compiled.n_seen_, compiled.n_flagged_, compiled.n_limited_, compiled.n_clipped_, compiled.weight_removed_
+    )
+    assert rowwise.n_flagged_ > 0 or params.get("user_field", "user_id") is None

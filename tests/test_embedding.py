@@ -174,3 +174,55 @@ def test_set_vocabulary_keeps_recency_for_eviction():
     table.set_vocabulary(saved)
     (d,) = table.lookup([("f", "d")], learn=True)
     assert d == b and table.lookup([("f", "b")], learn=False) == [PADDING_ROW]
+
+
+def _resident() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_updater_state_of_spare_capacity_costs_no_resident_memory():
+    import numpy as np
+
+    from river_torchrec.optim.base import _fit
+    from river_torchrec.optim.adagrad import Adagrad
+
+    rows, dim = 2**20, 9  # 36 MiB of float32 state
+    table = torch.from_numpy(np.zeros((rows, dim), dtype=np.float32))
+    updater = Adagrad()
+    before = _resident()
+    state = updater._buffer("t", "sum_sq", table)
+    row_state = updater._row_buffer("t", "sum_sq_row", table)
+    # Zeros are calloc-ed: the pages are mapped, not written (torch.zeros would add 40 MiB).
+    assert _resident() - before < 6 * 2**20
+    assert state.shape == (rows, dim) and state.dtype == torch.float32 and row_state.shape == (rows,)
+    assert not state[::4096].any() and not row_state[::4096].any()
+    state[:1000] = 1.5
+    grown = _fit(state, torch.Size((rows + rows // 4, dim)))
+    # Growth copies the written rows and leaves the new tail unwritten and zero.
+    assert torch.equal(grown[:1000], state[:1000]) and not grown[1000::4096].any()
+    assert updater._buffer("t", "ones", table[:100], fill=1.0).eq(1.0).all()
+
+
+def test_lazily_zeroed_state_learns_bitwise_like_eager_zeros(monkeypatch):
+    import pandas as pd
+
+    from river_torchrec import CTRClassifier
+    from river_torchrec.optim import base
+
+    def run() -> tuple[torch.Tensor, dict]:
+        model = CTRClassifier(model="fm", seed=3)
+        for lo in range(0, 3_000, 500):
+            X = pd.DataFrame({"u": [f"u{i % 1_700}" for i in range(lo, lo + 500)], "i": [f"i{i % 37}" for i in range(lo, lo + 500)]})
+            model.learn_many(X, pd.Series([i % 3 == 0 for i in range(lo, lo + 500)]))
+        for i in range(200):
+            model.learn_one({"u": f"u{i}", "i": f"i{i % 5}"}, i % 2 == 0)
+        return model.model_.embedding.weight.clone(), model.updater.state_dict()
+
+    lazy_w, lazy_s = run()
+    monkeypatch.setattr(base, "_zeros", lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device))
+    eager_w, eager_s = run()
+    assert torch.equal(lazy_w, eager_w)
+    assert lazy_s.keys() == eager_s.keys()
+    assert all(torch.equal(lazy_s[k], eager_s[k]) if isinstance(lazy_s[k], torch.Tensor) else lazy_s[k] == eager_s[k] for k in lazy_s)

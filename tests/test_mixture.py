@@ -147,6 +147,91 @@ def test_fixed_share_bound_and_recovery_after_a_switch() -> None:
     assert _losses(y[second], p_share[second]).sum() < _losses(y[second], p_bayes[second]).sum() - 20
 
 
+def test_baseline_share_is_the_baseline_when_no_member_leads_it() -> None:
+    # The baseline is the truth and the other member is deliberately bad: nothing ever leads
+    # the baseline, so the mixture starting on it is it, exactly, and its bound is 0.
+    rng = np.random.default_rng(5)
+    labels = rng.random(3_000) < 0.1
+    events = [({}, bool(t)) for t in labels]
+    mix = OnlineMixture([RunningPrior(), Constant(0.99)], share=0.01, weights=[1, 0], baseline=0)
+    p = _progressive(mix, events)
+    assert p.tolist() == _progressive(RunningPrior(), events).tolist()
+    assert mix.n_led_ == 0 and mix.share_price_ == 0.0 and mix.regret_bound() == 0.0
+    assert mix.weights_ == [1.0, 0.0]
+    assert mix.leads_[1] < -100  # far behind, in nats
+    # From uniform weights it pays at most log(1 / pi_baseline) = log 2 against the baseline.
+    uniform = OnlineMixture([RunningPrior(), Constant(0.99)], share=0.01, baseline=0)
+    y = labels.astype(float)
+    loss = float(_losses(y, _progressive(uniform, events)).sum())
+    assert loss <= float(_losses(y, p).sum()) + math.log(2) + 1e-9
+    assert uniform.regret_bound() == pytest.approx(math.log(2))
+
+
+def test_baseline_share_bound_and_recovery_after_a_switch() -> None:
+    # The baseline (member 0) is right for the first half, member 1 for the second.
+    rng = np.random.default_rng(0)
+    n, alpha = 2_000, 0.001
+    truth = np.where(np.arange(n) < n // 2, 0.1, 0.6)
+    labels = rng.random(n) < truth
+    events = [({}, bool(t)) for t in labels]
+    y = labels.astype(float)
+
+    def run(**kw):
+        members = [Recorder(Constant(0.1)), Recorder(Constant(0.6))]
+        mix = OnlineMixture(members, **kw)
+        p, led = [], []
+        for x, t in events:
+            p.append(mix.predict_proba_one(x)[True])
+            mix.learn_one(x, t)
+            led.append(mix.n_led_)
+        return np.array(p), [np.array(m.preds) for m in members], mix, np.array(led)
+
+    p, members, mix, led = run(share=alpha, weights=[1, 0], baseline=0, half_life=100, margin=1.0)
+    loss = [_losses(y, m) for m in members]
+    # Against the baseline: the share's price on the events where member 1 led, in closed form.
+    k = mix.n_led_
+    assert 0 < k < n // 2 + 50 and led[n // 2 - 1] <= 5  # hardly anyone led while the baseline was right
+    rates = [max(alpha, 1 / (i + 2)) for i in range(k)]
+    assert mix.share_price_ == pytest.approx(sum(-math.log1p(-r) for r in rates), rel=1e-12)
+    assert mix.share_price_ <= math.log(k + 1) + k * -math.log1p(-alpha)
+    assert _losses(y, p).sum() <= loss[0].sum() + mix.regret_bound() + 1e-9
+    # Against member 1, from the first event at which it received share (rate 1/2, N = 2):
+    # log(N / alpha_s) plus the price of every later event.
+    s = int(np.argmax(led > 0))
+    later = [max(alpha, 1 / (i + 2)) if led[t] > led[t - 1] else alpha for i, t in zip(led[s + 1 :] - 1, range(s + 1, n))]
+    bound = math.log(2 / 0.5) + sum(-math.log1p(-r) for r in later)
+    assert _losses(y[s + 1 :], p[s + 1 :]).sum() <= loss[1][s + 1 :].sum() + bound + 1e-9
+    # And it recovers far sooner than the plain Bayes mixture, which pays back member 0's lead.
+    p_bayes, _, _, _ = run()
+    second = slice(n // 2, n)
+    assert _losses(y[second], p[second]).sum() < _losses(y[second], p_bayes[second]).sum() - 20
+
+
+def test_the_compiled_update_is_the_python_update(monkeypatch) -> None:
+    from river_torchrec import _auto_kernels
+
+    if _auto_kernels.mix_kernel() is None:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(2)
+    probas = rng.random((500, 3))
+    labels = rng.random(500) < 0.3
+    weights = np.where(rng.random(500) < 0.1, 0.5, 1.0)
+    runs = []
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(_auto_kernels, "mix_kernel", lambda: None)
+        for kw in ({"share": 0.01}, {"share": 0.001, "weights": [1, 0, 0], "baseline": 0, "half_life": 20}):
+            mix = OnlineMixture([Constant(0.5)] * 3, **kw)
+            for q, t, w in zip(probas, labels, weights):
+                mix._update_one(q.tolist(), float(t), float(w))
+            runs.append((mix.weights_, mix.member_losses_, mix.leads_, mix.n_led_, mix.share_price_))
+    for a, b in zip(runs[:2], runs[2:]):
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-12, atol=1e-300)
+        np.testing.assert_allclose(a[1], b[1], rtol=1e-12)
+        np.testing.assert_allclose(a[2], b[2], rtol=1e-12)
+        assert a[3] == b[3] and a[4] == pytest.approx(b[4], rel=1e-12)
+
+
 def test_learn_many_equals_learn_one_for_members_that_do_not_learn() -> None:
     X = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0]})
     y = pd.Series([True, False, False, True])
@@ -198,6 +283,16 @@ def test_bad_input_leaves_everything_unchanged() -> None:
         OnlineMixture([prior], share=1)
     with pytest.raises(TypeError, match="has no predict_proba_one/learn_one"):
         OnlineMixture([object()])
+    with pytest.raises(ValueError, match=r"weights must be 2 finite numbers >= 0, not all 0, got \[0, 0\]"):
+        OnlineMixture([prior, clf], weights=[0, 0])
+    with pytest.raises(ValueError, match=r"baseline must be None or a member index in \[0, 2\), got 2"):
+        OnlineMixture([prior, clf], baseline=2)
+    with pytest.raises(ValueError, match="half_life must be a finite number > 0, got 0"):
+        OnlineMixture([prior, clf], half_life=0)
+    with pytest.raises(ValueError, match="margin must be a finite number >= 0, got -1"):
+        OnlineMixture([prior, clf], margin=-1)
+    with pytest.raises(ValueError, match="depends on the stream"):
+        OnlineMixture([prior, clf], baseline=0).regret_bound(100)
     with pytest.raises(ValueError, match="prior_count must be a finite number > 0, got 0"):
         RunningPrior(prior_count=0)
 
@@ -208,8 +303,12 @@ def test_bad_input_leaves_everything_unchanged() -> None:
         RunningPrior(),
         # With share > 0 every code path of the plain Bayes mixture runs too.
         OnlineMixture([RunningPrior(), linear_model.LogisticRegression()], share=0.01),
+        OnlineMixture(
+            [RunningPrior(), linear_model.LogisticRegression()], share=0.01, weights=[1, 0], baseline=0,
+            half_life=20, margin=0.1,
+        ),
     ],
-    ids=["prior", "mixture"],
+    ids=["prior", "mixture", "baseline-share"],
 )
 def test_river_checks(estimator) -> None:
     for check in checks.yield_checks(estimator):
@@ -226,9 +325,16 @@ def test_auto_never_loses_more_than_its_bound_to_the_prior() -> None:
     p = _progressive(model, events)
     mix = model.mixture_
     loss = float(_losses(y, p).sum())
-    assert mix.regret_bound() == pytest.approx(math.log(3) + 1_000 * -math.log1p(-0.0003))
-    assert loss <= min(mix.member_losses_) + mix.regret_bound() + 1e-9
+    # All the initial weight is on the prior: the bound is the share's price on the events
+    # where a model led the prior, at most log(K + 1) + K log(1 / (1 - share)) for K of them.
+    k = mix.n_led_
+    assert mix.regret_bound() == mix.share_price_
+    assert mix.share_price_ <= math.log(k + 1) + k * -math.log1p(-0.0003) + 1e-12
     assert loss <= mix.member_losses_[0] + mix.regret_bound() + 1e-9  # the prior's
+    if k == 0:
+        # No model ever led it: the mixture is the prior, exactly.
+        prior = _progressive(RunningPrior(), events)
+        assert p.tolist() == prior.tolist()
     assert list(model.weights_) == ["prior", "deepfm lr=0.02", "fm lr=0.2"]
     assert max(model.weights_, key=model.weights_.get) == "prior"
     # Pickling keeps every member and the weights: the copy predicts exactly the same.
@@ -274,9 +380,23 @@ def test_bench_defaults_quick_smoke(tmp_path) -> None:
     assert "| sparse, no signal: <= prior |" in proc.stdout
     rows = json.loads(out.read_text())["results"]["sparse"]
     prior = rows["running prior"]["logloss"]
-    # The new default is within its bound of the prior: log(3) / 1,000 + share.
-    assert rows["AutoCTRClassifier() (new default)"]["logloss"] <= prior + math.log(3) / 1_000 + 0.0003 + 1e-12
+    # AutoCTRClassifier() is within its bound of the prior: log(3) / 1,000 + share.
+    assert rows["AutoCTRClassifier()"]["logloss"] <= prior + math.log(3) / 1_000 + 0.0003 + 1e-12
     assert rows["deep-river Classifier (MLP)"]["skip"].startswith("skipped")
+
+
+def test_bench_defaults_speed_smoke(tmp_path) -> None:
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_defaults.py"
+    out = tmp_path / "s.json"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--speed-only", "--runs", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "CPU time)" in proc.stdout and "(wall clock " in proc.stdout
+    speed = json.loads(out.read_text())["speed"]
+    assert set(speed["cpu_us_per_event"]) == set(speed["us_per_event"])
+    assert all(len(v) == 1 and v[0] > 0 for v in speed["cpu_us_per_event"].values())
 
 
 def test_auto_checkpoint_resumes_exactly_and_refuses_tampering(tmp_path) -> None:

@@ -13,9 +13,17 @@ import pytest
 import torch
 
 from river_torchrec import CTRClassifier, datasets, optim
+from river_torchrec.learner import OnlineLearner
 from river_torchrec.optim.schedulers import Constant, DriftAwareLR, ExponentialDecay
 
 EVENTS = list(datasets.SyntheticCTR(n_events=400, drift="abrupt", drift_at=200, seed=3))
+
+
+@pytest.fixture(autouse=True)
+def _numpy_twin_without_kernel(monkeypatch):
+    # This file holds the NumPy twin (what runs without numba) to the torch path;
+    # tests/test_kernel.py holds the compiled step to both.
+    monkeypatch.setattr(OnlineLearner, "_use_kernel", False)
 
 
 def _pair(fast_params: dict, use_numpy: tuple[bool, bool] = (True, False)) -> tuple[CTRClassifier, CTRClassifier]:

@@ -390,3 +390,30 @@ def test_pickle_deepcopy_and_clone_still_work():
         twin.learn_one(x, True)
     fresh = model.clone()
     assert fresh.predict_proba_one(x) == CTRClassifier(model="deepfm", hidden_units=(8,), embedding_dim=4).predict_proba_one(x)
+
+
+def test_compact_vocabulary_kinds_survive_a_checkpoint_and_resume_bitwise(tmp_path):
+    # Hashed hex ids, numbered ids (with and without the field's zero padding) and free text
+    # take different places in the KeyTable; a checkpoint must give each back exactly.
+    def event(i: int) -> dict:
+        return {"h": f"{(i * 2654435761) % 2**32:08x}", "u": f"u{i % 300}", "p": f"p{i % 50:04d}",
+                "t": f"text {i % 70} é", "d": "007" if i % 2 else "7"}
+
+    stream = [(event(i), i % 3 == 0) for i in range(600)]
+    straight = CTRClassifier(model="fm", embedding_dim=3, seed=2)
+    first = CTRClassifier(model="fm", embedding_dim=3, seed=2)
+    for x, y in stream[:300]:
+        straight.learn_one(x, y)
+        first.learn_one(x, y)
+    first.save(tmp_path / "ckpt")
+    loaded = CTRClassifier.load(tmp_path / "ckpt")
+    table, loaded_table = first.model_.embedding._rows, loaded.model_.embedding._rows
+    assert list(loaded_table.items()) == list(table.items())
+    assert loaded_table._meta[: len(table) + 8].tolist() == table._meta[: len(table) + 8].tolist()
+    kinds = {int(m) & 15 for m in table._meta.tolist() if m}
+    assert kinds >= {1, 6, 7, 8}  # text, hex, number, padded number
+    for x, y in stream[300:]:
+        straight.learn_one(x, y)
+        loaded.learn_one(x, y)
+    assert torch.equal(loaded.model_.embedding.weight, straight.model_.embedding.weight)
+    assert loaded.model_.embedding.key_to_row() == straight.model_.embedding.key_to_row()

@@ -28,6 +28,9 @@ _NUMPY_LAYOUT = {torch.float32: np.float32, torch.float16: np.float16, torch.bfl
 _DRAW_BLOCK = 4096
 #: Capacity at which growth slows from doubling to a quarter more each time.
 _GROW_SLOWER = 2**20
+#: Plain counters bypass ``nn.Module.__setattr__`` (its checks for parameters, buffers and
+#: submodules cost about 1.5 µs a call, on the path of every new key).
+_set = object.__setattr__
 #: From this many keys on, a learning lookup runs vectorised (when no ``min_count`` or ``max_rows`` applies).
 _BATCH_LOOKUP = 64
 
@@ -70,19 +73,24 @@ class DynamicEmbedding(nn.Module):
     -----
     The vocabulary is a :class:`~river_torchrec.nn.key_table.KeyTable`: 64-bit BLAKE2b
     fingerprints in an open-addressing NumPy index, the keys themselves in flat arrays,
-    about 30 bytes per key plus its value's UTF-8 bytes instead of about 280 for a
-    ``dict`` of tuples. Ids stay collisionless up to fingerprint collisions: two distinct
-    keys share a row with probability about ``n**2 / 2**65`` for ``n`` keys (2.7e-8 at
-    10^6 keys, 2.7% at 10^9). Looking a key up is O(1) (hot keys through a bounded dict
-    cache), batches of keys are looked up and inserted with vectorised NumPy, and
-    ``max_rows`` recency is an ``OrderedDict`` of at most ``max_rows`` row numbers.
-    Looking up for prediction never changes the table.
+    20 to 26 bytes per key when the value fits a 32-bit word (hashed ids such as
+    ``"68fd1e64"``, numbered ones such as ``"u1234"``, ``None``, booleans), plus 1 + its
+    UTF-8 length otherwise, instead of about 280 for a ``dict`` of tuples. Ids stay
+    collisionless up to fingerprint collisions: two distinct keys share a row with
+    probability about ``n**2 / 2**65`` for ``n`` keys (2.7e-8 at 10^6 keys, 2.7% at 10^9).
+    Looking a key up is O(1) (hot keys through a bounded dict cache), batches of keys are
+    looked up and inserted with vectorised NumPy, and ``max_rows`` recency is an
+    ``OrderedDict`` of at most ``max_rows`` row numbers. Looking up for prediction never
+    changes the table.
 
     The table grows into zeroed memory, doubling its capacity up to 2^20 rows and by a
-    quarter beyond (updaters keep per-row state for the whole capacity), and rows beyond the
-    initial capacity are drawn (initialised) in aligned blocks of 4,096 as they are handed
-    out, each block from a seed of its own, so a row's initial value depends on the seed
-    and the row alone and unused capacity is never written: it costs no resident memory.
+    quarter beyond (updaters keep per-row state for the whole capacity, in zeroed memory
+    too), and rows beyond the initial capacity are drawn (initialised) in aligned blocks of
+    4,096 as they are handed out, each block from a seed of its own, so a row's initial
+    value depends on the seed and the row alone and unused capacity is never written: it
+    costs no resident memory. Growing copies the rows into the new capacity, so for a
+    moment the old rows (and, at the next step, the updater's old state) are resident
+    twice: the peak RSS exceeds the steady one by about one copy of the rows.
 
     While autograd is on, :meth:`forward` gathers the rows a batch uses into a small leaf
     tensor and records it in ``last_rows``/``last_leaf``: after ``backward`` the updater
@@ -174,7 +182,8 @@ class DynamicEmbedding(nn.Module):
 
     @property
     def capacity(self) -> int:
-        return self.weight.shape[0]
+        # Straight from the buffers: ``self.weight`` goes through ``nn.Module.__getattr__``.
+        return self._buffers["weight"].shape[0]
 
     def _draw(self, n: int) -> torch.Tensor:
         # One derived seed per draw keeps the table reproducible without holding a
@@ -240,7 +249,7 @@ class DynamicEmbedding(nn.Module):
                 lo, hi = max(start, base), min(stop, base + _DRAW_BLOCK)
                 fresh = self._block(block)[lo - base : hi - base]
                 self.weight[lo:hi] = fresh.to(device=self.weight.device, dtype=self.weight.dtype)
-        self._init_upto = stop
+        _set(self, "_init_upto", stop)
 
     def _new_row(self) -> int:
         """A free row: the next unused one, or the least recently used one when full."""
@@ -255,7 +264,7 @@ class DynamicEmbedding(nn.Module):
         row = self._next_row
         if row >= self._init_upto:
             self._draw_upto(row)
-        self._next_row += 1
+        _set(self, "_next_row", row + 1)
         return row
 
     def _new_rows(self, n: int) -> range:
@@ -265,7 +274,7 @@ class DynamicEmbedding(nn.Module):
             self._grow(top)
         if top >= self._init_upto:
             self._draw_upto(top)
-        self._next_row = top + 1
+        _set(self, "_next_row", top + 1)
         return range(first, top + 1)
 
     def _oov_row(self, field: Hashable) -> int:

@@ -2,9 +2,11 @@
 
 A Python ``dict`` of tuple keys costs about 280 bytes per key (the tuple, the value string
 and a dict or ``OrderedDict`` slot), eight times the float32 row it addresses. A
-:class:`KeyTable` keeps, per key, a 64-bit fingerprint, the key's bytes and where they
-are, in flat arrays, and finds rows through an open-addressing index of ``uint32``
-row numbers over the fingerprints: 26 to 31 bytes plus the value's UTF-8 bytes.
+:class:`KeyTable` keeps, per key, a 64-bit fingerprint, a 16-bit field and kind and a
+32-bit word holding the value (ids such as ``"68fd1e64"``, ``"u1234"`` or ``"0042"``) or
+its place in a byte log, in flat arrays, and finds rows through an open-addressing index
+of ``uint32`` row numbers over the fingerprints: 20 to 26 bytes per key, plus 1 + the
+UTF-8 length for values that do not fit the word.
 
 Fingerprints are BLAKE2b digests (:func:`key_fingerprint`), the same in every process,
 platform and Python version (never the salted built-in ``hash``). Two distinct keys
@@ -28,15 +30,23 @@ Key = tuple[Hashable, Hashable]
 
 _blake2b = hashlib.blake2b
 
-#: Kinds of key values, kept next to the field in ``_meta`` (``field_id * 8 + kind``).
-_STR, _NONE, _FALSE, _TRUE, _OTHER = range(5)
-_NO_KEY = -1
-#: A value's bytes and their length share one uint64: offset in the low 48 bits.
-_LEN_SHIFT = 48
-_MAX_LEN = (1 << 16) - 1
-_OFFSET_MASK = (1 << _LEN_SHIFT) - 1
+#: Kinds of keys, in the low bits of ``_meta`` (``field_id * 16 + kind``); 0: no key.
+_NO_KEY, _STR, _NONE, _FALSE, _TRUE, _OTHER, _HEX8, _NUM, _NUMW = range(9)
+_KIND_BITS = 4
+_KIND_MASK = (1 << _KIND_BITS) - 1
+#: Field ids that fit a uint16 ``_meta``; beyond, it widens to uint32.
+_FIELDS_U16 = 1 << (16 - _KIND_BITS)
+#: Log offsets that fit a uint32 ``_loc``; beyond, it widens to uint64.
+_LOC32_LIMIT = 2**32 - 1
+_U32 = 2**32
+_DIGITS = "0123456789"
+_HEX = "0123456789abcdef"
+#: Version of the layout in pickles (the first one had no ``_version``).
+_LAYOUT = 2
 #: The index grows (doubles and is rebuilt) beyond this fraction of occupied slots.
 _MAX_LOAD = 0.7
+#: Keys placed into the index per vectorised pass.
+_PLACE_CHUNK = 1 << 18
 #: Hot keys are looked up in a plain dict first; it is emptied when it reaches this size.
 CACHE_SIZE = 1 << 16
 
@@ -91,6 +101,53 @@ def _grown(a: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def _varint(n: int) -> bytes:
+    """``n`` in LEB128: one byte below 128, one more per further 7 bits."""
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _entry(data: bytearray, offset: int) -> tuple[int, int]:
+    """Start and length of the value bytes of the log entry at ``offset``."""
+    b = data[offset]
+    if b < 0x80:
+        return offset + 1, b
+    n = shift = 0
+    while True:
+        b = data[offset]
+        offset += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return offset, n
+
+
+def _v1_items(state: dict) -> list[tuple[Key, int]]:
+    """The ``(key, row)`` pairs of a pickle of the first layout (int32 ``_meta`` of
+    ``field * 8 + kind``, -1 without a key; uint64 ``_loc`` of offset and length)."""
+    meta, loc, data = state["_meta"], state["_loc"], state["_bytes"]
+    fields, other, order = state["_fields"], state["_other"], state["_order"]
+    rows = list(order) if order is not None else np.flatnonzero(meta >= 0).tolist()
+    out = []
+    for row in rows:
+        m = int(meta[row])
+        kind = m & 7
+        if kind == 0:
+            where = int(loc[row])
+            start = where & ((1 << 48) - 1)
+            value = bytes(data[start : start + (where >> 48)]).decode("utf-8", "surrogatepass")
+        else:
+            value = (None, False, True, other.get(row))[kind - 1]
+        out.append(((fields[m >> 3], value), row))
+    return out
+
+
 class KeyTable:
     """An insertion- (or recency-) ordered map of ``(field, value)`` keys to row numbers.
 
@@ -107,15 +164,29 @@ class KeyTable:
     Notes
     -----
     Row numbers are at least 1 (row 0 is the embedding table's padding row) and below
-    2^32. Per key: an 8-byte fingerprint, an 8-byte offset and length of the value's
-    bytes, a 4-byte field and kind, the value's UTF-8 bytes, and 5.7 to 11.4 bytes of
-    index (4-byte slots, 35% to 70% full). Per-row arrays grow by doubling into zeroed
-    memory, which the operating system backs only once it is written, so unused capacity
-    costs address space, not RSS; the values' bytes are appended to one ``bytearray``,
+    2^32. Per row, in arrays indexed by row number: an 8-byte fingerprint (``_fp``), a
+    2-byte field id and kind (``_meta``: ``field * 16 + kind``, 0 without a key; 4 bytes
+    once there are more than 4,096 fields) and a 4-byte word (``_loc``) that holds the value
+    itself or where its bytes are. Plus 5.7 to 11.4 bytes of index (4-byte slots, 35% to
+    70% full): 20 to 26 bytes per key for values that fit the word, which are
+
+    - 8 lowercase hexadecimal digits (``"68fd1e64"``, the hashed ids of Criteo and Avazu);
+    - the field's prefix followed by a decimal number below 2^32, either without leading
+      zeros or with as many digits as the field's width (``"u1234"``, ``"id0042"``, ``"17"``):
+      a field's prefix and width are those of its first value ending in digits;
+    - ``None``, ``True`` and ``False``.
+
+    Other strings are appended to a byte log (their UTF-8 length in LEB128, then the
+    bytes; 1 + length bytes for values under 128 bytes) and the word holds their offset
+    (8 bytes once the log passes 4 GiB). Other values (numbers, tuples, ...) are kept as
+    Python objects in a side dict. Every key comes back exactly (:meth:`items`); the kind
+    of each key keeps ``"u7"``, ``"u007"`` and ``7`` apart.
+
+    Per-row arrays grow by doubling into zeroed memory, which the operating system backs
+    only once it is written, so unused capacity costs address space, not RSS; the log is
     compacted when removed keys' bytes outweigh the live ones (``max_rows`` eviction).
-    Values other than strings, booleans and ``None`` (and strings of more than 65,535
-    UTF-8 bytes) are kept as Python objects in a side dict. Pickles hold the keys, not the
-    index or the caches, which are rebuilt on loading.
+    Pickles hold the keys, not the index or the caches, which are rebuilt on loading;
+    pickles of the first layout (8-byte ``_loc``, 4-byte ``_meta``) load too.
 
     Examples
     --------
@@ -133,13 +204,14 @@ class KeyTable:
 
     def __init__(self, track_order: bool = False) -> None:
         self.track_order = track_order
+        self._version = _LAYOUT
         self._index = np.zeros(1024, dtype=np.uint32)
         self._mask = 1023
         self._n = 0
         # Per row, indexed by row number.
         self._fp = np.zeros(1024, dtype=np.uint64)
-        self._loc = np.zeros(1024, dtype=np.uint64)
-        self._meta = np.full(1024, _NO_KEY, dtype=np.int32)
+        self._loc = np.zeros(1024, dtype=np.uint32)
+        self._meta = np.zeros(1024, dtype=np.uint16)
         # A bytearray appends in O(1) and grows with realloc, which moves no bytes for
         # large blocks (mremap), so it never holds two copies of the keys.
         self._bytes = bytearray()
@@ -147,6 +219,8 @@ class KeyTable:
         self._live_bytes = 0
         self._fields: list[Hashable] = []
         self._field_ids: dict[Hashable, int] = {}
+        # Per field: (prefix, width) of its numbered values, fixed by the first one.
+        self._formats: list[tuple[str, int] | None] = []
         self._other: dict[int, Hashable] = {}
         self._order: collections.OrderedDict[int, None] | None = (
             collections.OrderedDict() if track_order else None
@@ -164,7 +238,7 @@ class KeyTable:
         # capacity) out keeps pickles small, and identical before and after a prediction,
         # which fills the caches.
         state = self.__dict__.copy()
-        used = np.flatnonzero(self._meta >= 0)
+        used = np.flatnonzero(self._meta)
         top = int(used[-1]) + 1 if len(used) else 1
         for name in ("_fp", "_loc", "_meta"):
             state[name] = state[name][:top].copy()
@@ -174,23 +248,24 @@ class KeyTable:
         return state
 
     def __setstate__(self, state: dict) -> None:
+        if state.get("_version") != _LAYOUT:
+            fresh = KeyTable.from_items(_v1_items(state), track_order=state["track_order"])
+            self.__dict__.update(fresh.__dict__)
+            return
         self.__dict__.update(state)
         self._cache = {}
         self._absent = {}
         n = 1024
         while n < len(self._fp):
             n *= 2
-        self._fp, self._loc = _grown(self._fp, n), _grown(self._loc, n)
-        meta = np.full(n, _NO_KEY, dtype=np.int32)
-        meta[: len(self._meta)] = self._meta
-        self._meta = meta
+        self._fp, self._loc, self._meta = (_grown(a, n) for a in (self._fp, self._loc, self._meta))
         self._bytes = bytearray(self._bytes)
         size = 1024
         while self._n > _MAX_LOAD * size:
             size *= 2
         self._index = np.zeros(size, dtype=np.uint32)
         self._mask = size - 1
-        self._place(np.flatnonzero(self._meta >= 0))
+        self._place(np.flatnonzero(self._meta))
 
     # ------------------------------------------------------------ index
 
@@ -206,6 +281,12 @@ class KeyTable:
 
     def _place(self, rows: np.ndarray) -> None:
         """Put ``rows`` (whose fingerprints are in ``_fp`` and not yet indexed) into the index."""
+        # In chunks: rebuilding the index of 10^7 keys at once would hold about 40 bytes of
+        # temporaries per key (positions, pending lists, np.unique), a peak of its own.
+        for lo in range(0, len(rows), _PLACE_CHUNK):
+            self._place_chunk(rows[lo : lo + _PLACE_CHUNK])
+
+    def _place_chunk(self, rows: np.ndarray) -> None:
         index, mask = self._index, self._mask
         rows = rows.astype(np.uint32, copy=False)
         pos = (self._fp[rows] & np.uint64(mask)).astype(np.int64)
@@ -232,7 +313,7 @@ class KeyTable:
             size *= 2
         self._index = np.zeros(size, dtype=np.uint32)
         self._mask = size - 1
-        self._place(np.flatnonzero(self._meta >= 0))
+        self._place(np.flatnonzero(self._meta))
 
     def _fit_rows(self, top: int) -> None:
         """Make room for row numbers up to ``top``."""
@@ -243,11 +324,7 @@ class KeyTable:
             n *= 2
         if n >= 2**32:
             raise OverflowError("a KeyTable holds row numbers below 2**32")
-        self._fp = _grown(self._fp, n)
-        self._loc = _grown(self._loc, n)
-        meta = np.full(n, _NO_KEY, dtype=np.int32)
-        meta[: len(self._meta)] = self._meta
-        self._meta = meta
+        self._fp, self._loc, self._meta = (_grown(a, n) for a in (self._fp, self._loc, self._meta))
 
     def _unindex(self, fp: int) -> None:
         """Remove ``fp`` from the index by backward shifting (no tombstones)."""
@@ -269,67 +346,122 @@ class KeyTable:
 
     # ------------------------------------------------------------ keys
 
-    def _encode(self, key: Key, row: int) -> tuple[int, bytes]:
-        """``_meta`` of a key, and the bytes to store (keeping exotic values aside)."""
-        field, value = key
+    def _field_id(self, field: Hashable) -> int:
         fid = self._field_ids.get(field)
         if fid is None:
             fid = self._field_ids[field] = len(self._fields)
             self._fields.append(field)
-        t = type(value)
-        if t is str:
-            data = value.encode("utf-8", "surrogatepass")
-            if len(data) <= _MAX_LEN:
-                return fid * 8 + _STR, data
-        elif value is None:
-            return fid * 8 + _NONE, b""
-        elif t is bool:
-            return fid * 8 + (_TRUE if value else _FALSE), b""
-        self._other[row] = value
-        return fid * 8 + _OTHER, b""
+            self._formats.append(None)
+            if fid >= _FIELDS_U16 and self._meta.dtype == np.uint16:
+                self._meta = self._meta.astype(np.uint32)
+        return fid
 
-    def _store(self, rows: list[int], metas: list[int], datas: list[bytes]) -> None:
-        lengths = np.fromiter(map(len, datas), dtype=np.uint64, count=len(datas))
-        blob = b"".join(datas)
+    def _encode(self, key: Key, row: int) -> tuple[int, int, bytes | None]:
+        """``_meta`` and ``_loc`` of a key, and its log entry if its value does not fit
+        ``_loc`` (keeping values other than strings, booleans and None aside)."""
+        field, value = key
+        fid = self._field_ids.get(field)
+        if fid is None:
+            fid = self._field_id(field)
+        base = fid << _KIND_BITS
+        if type(value) is str:
+            size = len(value)
+            # Only lowercase hexadecimal digits: int() also takes upper case, signs, "0x",
+            # spaces and underscores, which would not come back as they were.
+            if size == 8 and not value.strip(_HEX):
+                return base | _HEX8, int(value, 16), None
+            head = value.rstrip(_DIGITS)
+            width = size - len(head)
+            if 0 < width <= 10:
+                fmt = self._formats[fid]
+                if fmt is None:
+                    fmt = self._formats[fid] = (head, width)
+                if head == fmt[0]:
+                    n = int(value[-width:])
+                    if n < _U32:
+                        if width == fmt[1]:
+                            return base | _NUMW, n, None
+                        if width == 1 or value[-width] != "0":  # str(n) == the digits
+                            return base | _NUM, n, None
+            data = value.encode("utf-8", "surrogatepass")
+            n = len(data)
+            return base | _STR, 0, (bytes((n,)) + data if n < 0x80 else _varint(n) + data)
+        if value is None:
+            return base | _NONE, 0, None
+        if type(value) is bool:
+            return base | (_TRUE if value else _FALSE), 0, None
+        self._other[row] = value
+        return base | _OTHER, 0, None
+
+    def _append(self, blob: bytes) -> int:
+        """Append ``blob`` to the log; its offset."""
         start = self._n_bytes
+        if start + len(blob) > _LOC32_LIMIT and self._loc.dtype == np.uint32:
+            self._loc = self._loc.astype(np.uint64)
         self._bytes += blob
         self._n_bytes = len(self._bytes)
         self._live_bytes += len(blob)
-        offsets = start + np.cumsum(lengths) - lengths
+        return start
+
+    def _store(self, rows: list[int], metas: list[int], locs: list[int], entries: list[bytes | None]) -> None:
+        blobs = []
+        offset = self._n_bytes
+        for i, e in enumerate(entries):
+            if e is not None:
+                locs[i] = offset
+                offset += len(e)
+                blobs.append(e)
+        if blobs:
+            self._append(b"".join(blobs))
         idx = np.asarray(rows, dtype=np.int64)
-        self._loc[idx] = offsets | (lengths << np.uint64(_LEN_SHIFT))
+        self._loc[idx] = locs
         self._meta[idx] = metas
 
     def _key(self, row: int) -> Key:
         meta = int(self._meta[row])
-        field, kind = self._fields[meta >> 3], meta & 7
+        fid, kind = meta >> _KIND_BITS, meta & _KIND_MASK
+        field = self._fields[fid]
+        if kind == _HEX8:
+            return (field, f"{self._loc.item(row):08x}")
+        if kind == _NUM:
+            return (field, self._formats[fid][0] + str(self._loc.item(row)))
+        if kind == _NUMW:
+            prefix, width = self._formats[fid]
+            return (field, f"{prefix}{self._loc.item(row):0{width}d}")
         if kind == _STR:
-            loc = int(self._loc[row])
-            start = loc & _OFFSET_MASK
-            data = self._bytes[start : start + (loc >> _LEN_SHIFT)]
-            return (field, data.decode("utf-8", "surrogatepass"))
+            data, offset = self._bytes, self._loc.item(row)
+            n = data[offset]
+            start = offset + 1
+            if n >= 0x80:
+                start, n = _entry(data, offset)
+            return (field, data[start : start + n].decode("utf-8", "surrogatepass"))
         if kind == _NONE:
             return (field, None)
         if kind == _OTHER:
             return (field, self._other[row])
         return (field, kind == _TRUE)
 
+    def _entry_size(self, row: int) -> int:
+        """Bytes of the log entry of ``row``, 0 if its value is not in the log."""
+        if self._meta.item(row) & _KIND_MASK != _STR:
+            return 0
+        offset = self._loc.item(row)
+        start, n = _entry(self._bytes, offset)
+        return start - offset + n
+
     def _compact(self) -> None:
-        """Drop the bytes of removed keys once they outweigh the live ones."""
-        live = np.flatnonzero(self._meta >= 0)
-        loc = self._loc[live]
-        lengths = loc >> np.uint64(_LEN_SHIFT)
-        starts = (loc & np.uint64(_OFFSET_MASK)).astype(np.int64)
-        total = int(lengths.sum())
-        lengths_i = lengths.astype(np.int64)
-        new_starts = np.cumsum(lengths_i) - lengths_i
-        # Every byte's source position: its key's old start plus its offset within the key.
-        within = np.arange(total) - np.repeat(new_starts, lengths_i)
-        old = np.frombuffer(self._bytes, dtype=np.uint8)
-        data = bytearray(old[np.repeat(starts, lengths_i) + within].tobytes())
-        del old  # a view would pin the old bytearray's size
-        self._bytes, self._n_bytes, self._live_bytes = data, total, total
-        self._loc[live] = new_starts.astype(np.uint64) | (lengths << np.uint64(_LEN_SHIFT))
+        """Drop the log entries of removed keys once they outweigh the live ones."""
+        live = np.flatnonzero((self._meta & _KIND_MASK) == _STR).tolist()
+        old, data = self._bytes, bytearray()
+        offsets = []
+        for row in live:
+            offset = self._loc.item(row)
+            start, n = _entry(old, offset)
+            offsets.append(len(data))
+            data += old[offset : start + n]
+        self._bytes, self._n_bytes, self._live_bytes = data, len(data), len(data)
+        if live:
+            self._loc[np.asarray(live, dtype=np.int64)] = offsets
 
     # ------------------------------------------------------------ mapping
 
@@ -386,14 +518,10 @@ class KeyTable:
             self._fit_rows(row)
         if self._n + 1 > _MAX_LOAD * len(self._index):
             self._reserve(1)
-        meta, data = self._encode(key, row)
-        n = len(data)
-        start = self._n_bytes
-        if n:
-            self._bytes += data
-            self._n_bytes = start + n
-            self._live_bytes += n
-        self._loc[row] = start | (n << _LEN_SHIFT)
+        meta, loc, entry = self._encode(key, row)
+        if entry is not None:
+            loc = self._append(entry)
+        self._loc[row] = loc
         self._meta[row] = meta
         self._fp[row] = fp
         self._index[self._slot(fp)] = row
@@ -417,7 +545,7 @@ class KeyTable:
     def _remove_row(self, row: int, key: Key) -> None:
         self._unindex(int(self._fp[row]))
         self._cache.pop(key, None)
-        self._live_bytes -= int(self._loc[row]) >> _LEN_SHIFT
+        self._live_bytes -= self._entry_size(row)
         self._loc[row] = 0
         self._meta[row] = _NO_KEY
         self._other.pop(row, None)
@@ -444,7 +572,7 @@ class KeyTable:
         if self._order is not None:
             row = next(reversed(self._order)) if last else next(iter(self._order))
         else:
-            used = np.flatnonzero(self._meta >= 0)
+            used = np.flatnonzero(self._meta)
             row = int(used[-1] if last else used[0])
         key = self._key(row)
         self._remove_row(row, key)
@@ -454,11 +582,36 @@ class KeyTable:
         """Rows in use, in order (recency with ``track_order``, else ascending)."""
         if self._order is not None:
             return list(self._order)
-        return np.flatnonzero(self._meta >= 0).tolist()
+        return np.flatnonzero(self._meta).tolist()
 
     def items(self) -> Iterator[tuple[Key, int]]:
-        for row in self.rows():
-            yield self._key(row), row
+        rows = self.rows()
+        fields, formats, data, other = self._fields, self._formats, self._bytes, self._other
+        # In chunks, so that a table of 10^7 keys is not turned into Python ints at once.
+        for lo in range(0, len(rows), 1 << 16):
+            chunk = rows[lo : lo + (1 << 16)]
+            idx = np.asarray(chunk, dtype=np.int64)
+            for row, meta, loc in zip(chunk, self._meta[idx].tolist(), self._loc[idx].tolist()):
+                fid, kind = meta >> _KIND_BITS, meta & _KIND_MASK
+                if kind == _STR:
+                    n, start = data[loc], loc + 1
+                    if n >= 0x80:
+                        start, n = _entry(data, loc)
+                    value = data[start : start + n].decode("utf-8", "surrogatepass")
+                elif kind == _NUM:
+                    value = formats[fid][0] + str(loc)
+                elif kind == _HEX8:
+                    value = f"{loc:08x}"
+                elif kind == _NUMW:
+                    prefix, width = formats[fid]
+                    value = f"{prefix}{loc:0{width}d}"
+                elif kind == _NONE:
+                    value = None
+                elif kind == _OTHER:
+                    value = other[row]
+                else:
+                    value = kind == _TRUE
+                yield (fields[fid], value), row
 
     def keys(self) -> Iterator[Key]:
         for key, _ in self.items():
@@ -523,17 +676,21 @@ class KeyTable:
             raise ValueError("rows of keys must be >= 1 (row 0 is the padding row)")
         self._fit_rows(max(rows))
         self._reserve(len(keys))
-        metas, datas = [], []
+        metas, locs, entries = [], [], []
+        encode = self._encode
         for key, row in zip(keys, rows):
-            meta, data = self._encode(key, row)
+            meta, loc, entry = encode(key, row)
             metas.append(meta)
-            datas.append(data)
-        self._store(rows, metas, datas)
+            locs.append(loc)
+            entries.append(entry)
+        self._store(rows, metas, locs, entries)
         idx = np.asarray(rows, dtype=np.int64)
         absent = self._absent
-        known = [absent.pop(k, None) for k in keys]
+        known = [absent.pop(k, None) for k in keys] if absent else [None] * len(keys)
         if None in known:
-            known = [key_fingerprint(*k) if fp is None else fp for k, fp in zip(keys, known)]
+            unknown = [i for i, fp in enumerate(known) if fp is None]
+            for i, fp in zip(unknown, fingerprints([keys[i] for i in unknown]).tolist()):
+                known[i] = fp
         self._fp[idx] = np.array(known, dtype=np.uint64)
         self._place(idx)
         self._n += len(keys)

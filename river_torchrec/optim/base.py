@@ -14,6 +14,9 @@ from river import base
 
 __all__ = ["Updater", "DenseGrad", "SparseGrad"]
 
+#: NumPy types whose zeros can back a torch tensor of each dtype (``torch.from_numpy``).
+_NUMPY_LAYOUT = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64}
+
 
 @dataclass
 class DenseGrad:
@@ -34,6 +37,19 @@ class SparseGrad:
     grad: torch.Tensor
 
 
+def _zeros(shape: torch.Size | tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Zeros; on CPU in ``calloc``-ed memory (``np.zeros``), which the operating system
+    backs only where it is written.
+
+    ``torch.zeros`` writes every page: the state of a table's spare capacity (up to a
+    quarter of its rows) would be resident before any of those rows is handed out.
+    """
+    layout = _NUMPY_LAYOUT.get(dtype)
+    if torch.device(device).type != "cpu" or layout is None:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    return torch.from_numpy(np.zeros(tuple(shape), dtype=layout))
+
+
 def _fit(state: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Zero-pad ``state`` at the end of each dimension to ``shape``.
 
@@ -42,10 +58,9 @@ def _fit(state: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """
     if state.shape == shape:
         return state
-    fitted = torch.zeros(shape, dtype=state.dtype, device=state.device)
-    fitted[tuple(slice(0, min(a, b)) for a, b in zip(state.shape, shape))] = state[
-        tuple(slice(0, min(a, b)) for a, b in zip(state.shape, shape))
-    ]
+    fitted = _zeros(shape, state.dtype, state.device)
+    common = tuple(slice(0, min(a, b)) for a, b in zip(state.shape, shape))
+    fitted[common] = state[common]
     return fitted
 
 
@@ -101,7 +116,10 @@ class Updater(base.Base, abc.ABC):
         slots = self._state.setdefault(name, {})
         buf = slots.get(key)
         if buf is None:
-            buf = torch.full_like(like, fill, dtype=torch.float32)
+            if fill == 0.0:
+                buf = _zeros(like.shape, torch.float32, like.device)
+            else:
+                buf = torch.full_like(like, fill, dtype=torch.float32)
         elif buf.shape != like.shape or buf.device != like.device:
             buf = _fit(buf.to(like.device), like.shape)
         slots[key] = buf
@@ -113,7 +131,10 @@ class Updater(base.Base, abc.ABC):
         buf = slots.get(key)
         n = table.shape[0]
         if buf is None:
-            buf = torch.full((n,), fill, dtype=torch.float32, device=table.device)
+            if fill == 0.0:
+                buf = _zeros((n,), torch.float32, table.device)
+            else:
+                buf = torch.full((n,), fill, dtype=torch.float32, device=table.device)
         elif buf.shape[0] != n or buf.device != table.device:
             buf = _fit(buf.to(table.device), torch.Size((n,)))
         slots[key] = buf
