@@ -2,7 +2,8 @@
 
 Run ``python benchmarks/bench_reco.py`` (``--quick`` for a smoke run; ``--data PATH``,
 default ``<repo>/../shared/data``; ``--only movielens,synthetic``; ``--grid-events N``;
-``--ours NAME=PARAMS`` to add configurations of our rankers; ``--plot-dir DIR``).
+``--ours NAME=PARAMS`` to add configurations of our rankers; ``--plot-dir DIR``; ``--tuned``
+to skip the baselines' grids and reuse the configurations they chose last time).
 
 Protocol (``river_torchrec.evaluate.evaluate_ranking``, ``mode="full"``): for every positive
 interaction, in stream order, each model ranks every item seen so far that the user has not
@@ -31,8 +32,10 @@ Models:
   matrix factorisation fed positive-only data learns that everything is liked).
 * ``flurs`` (when installed): incremental MF (Vinagre et al. 2014) and BPR-MF, both
   positive-only, tuned the same way.
-* ours: ``TwoTowerRanker()`` with its defaults (the recommended default), plus any
-  ``--ours`` configurations.
+* ours: ``TwoTowerRanker()`` with its defaults (the recommended default), fed ``x`` as it
+  comes, nothing declared: the ranker routes each key to the user side, the item side or
+  the context (``undeclared_features="auto"``); plus any ``--ours`` configurations
+  (``side:True`` declares the stream's user and item features instead).
 
 Every model is seeded; the numbers are one deterministic run. ``events/s`` is the model's own
 time (ranking every query plus learning every event) on one thread.
@@ -171,6 +174,24 @@ class FlursRanker:
         # flurs' MF scores |1 - prediction| (lower is better), BPR the prediction itself.
         order = np.argsort(scores if self.kind == "mf" else -scores, kind="stable")
         return [items[j] for j in order]
+
+
+#: The configurations the grids chose on the first 10,000 events of each stream (the run of
+#: 2026-12-03 in benchmarks/README.md); ``--tuned`` uses them instead of rerunning the grids.
+TUNED = {
+    "movielens": {
+        "BiasedMF": "BiasedMF factors=10 lr=0.01 neg=2",
+        "FunkMF": "FunkMF factors=32 lr=0.05 neg=0",
+        "flurs MF": "flurs MF k=40 lr=0.03",
+        "flurs BPR-MF": "flurs BPR-MF k=40 lr=0.003",
+    },
+    "synthetic": {
+        "BiasedMF": "BiasedMF factors=10 lr=0.01 neg=2",
+        "FunkMF": "FunkMF factors=32 lr=0.05 neg=0",
+        "flurs MF": "flurs MF k=20 lr=0.03",
+        "flurs BPR-MF": "flurs BPR-MF k=40 lr=0.03",
+    },
+}
 
 
 def _flurs_available() -> bool:
@@ -344,6 +365,11 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> None:
     else:
         print("flurs is not installed (`pip install flurs`): its rows are skipped.\n")
     for family, grid in grids.items():
+        if args.tuned and not args.quick:
+            best = TUNED[dataset][family]
+            print(f"### {family}: {best} (chosen by the grid of the last full run; --tuned)\n")
+            chosen[f"river {best}" if family in ("BiasedMF", "FunkMF") else best] = grid[best]
+            continue
         start = time.perf_counter()
         best, report = tune(events, grid, n_grid, side["item_features"])
         print(f"### {family} grid (first {n_grid:,} events, {time.perf_counter() - start:.0f} s)\n")
@@ -391,6 +417,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", default=",".join(DATASETS), help="comma-separated subset of movielens,synthetic")
     ap.add_argument("--quick", action="store_true", help="small streams (smoke run)")
     ap.add_argument("--grid-events", type=int, default=20_000, help="prefix used to tune the baselines")
+    ap.add_argument("--tuned", action="store_true",
+                    help="skip the baselines' grids and use the configurations they chose in the "
+                         "last full run (TUNED in this script)")
     ap.add_argument("--window", type=int, default=2_000, help="window of the rolling curves (queries)")
     ap.add_argument("--ours", action="append", default=[],
                     help="extra configuration of ours: NAME=key:value;key:value (e.g. "

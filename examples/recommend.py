@@ -32,10 +32,9 @@ def main(argv: list[str] | None = None) -> None:
         n_events=args.n, n_users=max(30, args.n // 20), n_items=max(60, args.n // 10),
         n_negatives=1, seed=args.seed,
     )
-    # Side features are declared: stored per user and per item, scored with every candidate.
-    two_tower = TwoTowerRanker(
-        user_features=stream.user_features, item_features=stream.item_features, seed=args.seed
-    )
+    # The default: the ranker finds out which keys of x describe the user and which the
+    # item (stored per item, so every candidate is scored with its own).
+    two_tower = TwoTowerRanker(seed=args.seed)
     report = evaluate_ranking(
         stream,
         {"oracle": stream.oracle(), "most popular": MostPopular(), "two-tower": two_tower},
@@ -45,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     print(report)
     ours, oracle = report["two-tower"], report["oracle"]
     print(f"\ntwo-tower HitRate@10 is {ours.hit_rate / oracle.hit_rate:.0%} of the oracle's")
+    print("sides of the keys of x:", two_tower.feature_sides)
 
     # Serving: the top 5 of the whole catalogue, without the items u1 already had.
     print("\nfor u1, now:", two_tower.recommend("u1", k=5))

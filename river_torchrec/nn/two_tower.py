@@ -75,6 +75,9 @@ class TwoTower(CTRModel):
         table = {**(table or {}), "init_std": init_std}
         super().__init__(embedding_dim=embedding_dim, table=table)
         self.item_fields: list[int] = []
+        #: slot -> weight of that field's value (1 unless set): how much a side feature
+        #: counts next to the ids in its tower's sum.
+        self.field_weights: dict[int, float] = {}
         seed = int(table.get("seed", 0))
         self.user_tower = _Tower(embedding_dim, hidden_units, seed) if hidden_units else None
         self.item_tower = _Tower(embedding_dim, hidden_units, seed + 1) if hidden_units else None
@@ -93,6 +96,19 @@ class TwoTower(CTRModel):
         """Declare the item-side slots (all others are user-side)."""
         self.item_fields = sorted(set(int(s) for s in slots))
 
+    def set_field_weights(self, weights: dict[int, float]) -> None:
+        """Weight the values of these slots (a field's embedding counts ``weight`` times)."""
+        self.field_weights = {int(s): float(w) for s, w in weights.items() if float(w) != 1.0}
+
+    def _weighted(self, values: torch.Tensor) -> torch.Tensor:
+        if not self.field_weights:
+            return values
+        w = torch.ones(values.shape[1], dtype=values.dtype, device=values.device)
+        for slot, weight in self.field_weights.items():
+            if slot < len(w):
+                w[slot] = weight
+        return values * w
+
     def _item_mask(self, n_fields: int, device: torch.device) -> torch.Tensor:
         mask = torch.zeros(n_fields, dtype=torch.bool, device=device)
         slots = [s for s in self.item_fields if s < n_fields]
@@ -104,7 +120,7 @@ class TwoTower(CTRModel):
         self, ids: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """User vectors ``[B, k]``, user-side biases ``[B]``, item vectors ``[B, k]``, item-side biases ``[B]``."""
-        linear, factors = self.rows(ids, values)
+        linear, factors = self.rows(ids, self._weighted(values))
         mask = self._item_mask(ids.shape[1], ids.device)
         m = mask.to(factors.dtype)
         u = (factors * (1 - m)[:, None]).sum(1)
@@ -118,6 +134,7 @@ class TwoTower(CTRModel):
         return self.bias + u_bias + v_bias + (u * v).sum(1)
 
     def forward_cached(self, ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        values = self._weighted(values)
         _, linear, factors = self._gather(ids, values)
         m = self._item_mask(ids.shape[1], ids.device).to(factors.dtype)
         u = (factors * (1 - m)[:, None]).sum(1)

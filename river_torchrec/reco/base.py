@@ -23,11 +23,42 @@ __all__ = ["NeuralRanker", "Recommender", "id_value", "USER_FIELD", "ITEM_FIELD"
 #: Field names of the user and item ids in the events the model sees.
 USER_FIELD, ITEM_FIELD = "user", "item"
 
+#: ``undeclared_features="auto"``: a key is routed once each side has this many repeated
+#: observations (the same item, or the same user, seen again with the key) ...
+ROUTE_MIN_REPEATS = 30
+#: ... and it is a function of a side when at least this share of that side's repeats
+#: carried the value stored before (a little slack for corrected metadata).
+ROUTE_AGREEMENT = 0.95
+#: A side with this many agreeing repeats decides alone when the other side never repeats.
+ROUTE_ALONE = 10 * ROUTE_MIN_REPEATS
+
 
 def id_value(v: Hashable) -> str:
     """The categorical value of an id: a string as it is, anything else tagged by its type
     (so that user ``5`` is a category, not the number 5, and differs from user ``"5"``)."""
     return v if type(v) is str else f"{type(v).__name__}:{v!r}"
+
+
+def _as_categories(features: dict) -> dict:
+    """Numbers among user or item features as categories (``1997.0`` -> ``"1997"``).
+
+    A number that describes an item or a user (a release year, an age) is one value per
+    item or user: as a category it gets an embedding row of its own. As a number it would
+    scale one shared row by its (log) value, a near-constant vector about 7.6 times the
+    row for years around 2000 that every item carries, whose steps (7.6 times the
+    learning rate under Adagrad, which ignores gradient scale) swamp the item's own row.
+    Missing values (None, NaN) are left for the caller to handle.
+    """
+    if not features:
+        return features
+    out = None
+    for key, v in features.items():
+        if type(v) is not str and type(v) is not bool and isinstance(v, numbers.Real) and not isinstance(v, np.bool_) and v == v:
+            if out is None:
+                out = dict(features)
+            f = float(v)
+            out[key] = str(int(f)) if f.is_integer() and abs(f) < 2**53 else repr(f)
+    return features if out is None else out
 
 
 def _check_k(k: Any) -> int:
@@ -175,10 +206,12 @@ class NeuralRanker(OnlineLearner, Recommender, reco.base.Ranker):
             raise ValueError(f"n_negatives must be an int >= 0, got {n_neg!r}")
         if self.negative_sampling not in STRATEGIES:
             raise ValueError(f"negative_sampling must be one of {list(STRATEGIES)}, got {self.negative_sampling!r}")
-        if self.loss not in ("bce", "bpr"):
-            raise ValueError(f"loss must be 'bce' or 'bpr', got {self.loss!r}")
+        if self.loss not in ("auto", "bce", "bpr"):
+            raise ValueError(f"loss must be 'auto', 'bce' or 'bpr', got {self.loss!r}")
         if self.loss == "bpr" and (self.feedback != "implicit" or n_neg < 1):
             raise ValueError("loss='bpr' needs feedback='implicit' and n_negatives >= 1 (it learns from pairs)")
+        # "auto": pairs where there are pairs (implicit feedback with sampled negatives), BCE otherwise.
+        self._loss = self.loss if self.loss != "auto" else ("bpr" if self.feedback == "implicit" and n_neg >= 1 else "bce")
         for name in ("user_features", "item_features"):
             feats = getattr(self, name) or ()
             if isinstance(feats, str) or not isinstance(feats, Sequence):
@@ -186,12 +219,16 @@ class NeuralRanker(OnlineLearner, Recommender, reco.base.Ranker):
             reserved = {USER_FIELD, ITEM_FIELD} & set(feats)
             if reserved:
                 raise ValueError(f"{name} must not hold {sorted(reserved)}: those names are the ids' fields")
+        if self.side_numeric not in ("category", "value"):
+            raise ValueError(f"side_numeric must be 'category' or 'value', got {self.side_numeric!r}")
+        if self.undeclared_features not in ("auto", "context"):
+            raise ValueError(f"undeclared_features must be 'auto' or 'context', got {self.undeclared_features!r}")
         both = set(self.user_features or ()) & set(self.item_features or ())
         if both:
             raise ValueError(f"{sorted(both, key=repr)} cannot be both user and item features")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
-        self._custom_loss = self.loss == "bpr"
+        self._custom_loss = self._loss == "bpr"
         self._setup()
         self._user_set = frozenset(self.user_features or ())
         self._item_set = frozenset(self.item_features or ())
@@ -199,6 +236,13 @@ class NeuralRanker(OnlineLearner, Recommender, reco.base.Ranker):
         self._sampler = NegativeSampler(self.negative_sampling)
         self._user_x: dict[Hashable, dict] = {}
         self._item_x: dict[Hashable, dict] = {}
+        # undeclared_features="auto": the side learned for each undeclared key ("user",
+        # "item" or "context"); for keys not routed yet, [item repeats, item agreements,
+        # user repeats, user agreements] and the latest value per item and per user.
+        self._routed: dict[str, str] = {}
+        self._route_counts: dict[str, list[int]] = {}
+        self._pending_item: dict[Hashable, dict] = {}
+        self._pending_user: dict[Hashable, dict] = {}
         self._sample_rng = np.random.default_rng(self.seed)
         self._explore_rng = np.random.default_rng(self.seed + 1)
         self._cache = _ItemCache()
@@ -230,22 +274,111 @@ class NeuralRanker(OnlineLearner, Recommender, reco.base.Ranker):
         return (f - rr[0]) / (rr[1] - rr[0])
 
     def _split(self, user: Hashable, item: Hashable, x: dict | None) -> tuple[dict, dict, dict]:
-        """User features, item features and context of ``x``, validated (nothing is stored)."""
+        """User features, item features and context of ``x``, validated (nothing is stored).
+
+        Keys whose side is not known yet (``undeclared_features="auto"``) are left out.
+        """
         if x is None:
             return {}, {}, {}
         if not isinstance(x, dict):
             raise TypeError(f"x must be a dict or None, got {type(x).__name__}")
         parse_features(x, self._log_numeric, self._nan_missing)  # raises, naming the field, before anything changes
-        ux, ix, ctx = {}, {}, {}
-        us, its = self._user_set, self._item_set
+        return self._partition(user, item, x)[:3]
+
+    def _partition(self, user: Hashable, item: Hashable, x: dict) -> tuple[dict, dict, dict, dict]:
+        """``x`` as user features, item features, context and keys of unknown side."""
+        ux, ix, ctx, pending = {}, {}, {}, {}
+        us, its, routed = self._user_set, self._item_set, self._routed
+        auto = self.undeclared_features == "auto"
         for key, v in x.items():
             if key == USER_FIELD or key == ITEM_FIELD:
                 own = user if key == USER_FIELD else item
                 if v != own:
                     raise ValueError(f"x[{key!r}] is {v!r} but the {key} is {own!r}; the ids are passed as arguments")
                 continue
-            (ux if key in us else ix if key in its else ctx)[key] = v
-        return ux, ix, ctx
+            if key in us:
+                ux[key] = v
+            elif key in its:
+                ix[key] = v
+            elif not auto or routed.get(key) == "context":
+                ctx[key] = v
+            else:
+                pending[key] = v
+        if self.side_numeric == "category":
+            ux, ix = _as_categories(ux), _as_categories(ix)
+        return ux, ix, ctx, pending
+
+    def _observe_sides(self, user: Hashable, item: Hashable, pending: dict) -> None:
+        """Count, for keys of unknown side, whether their value repeats with the item or the user.
+
+        A key is an item attribute when the same item keeps coming with the value it came
+        with before while the same user does not (and the reverse for a user attribute);
+        a key that repeats with neither (or, constant, with both) is context. Until then
+        the key is kept aside per item and per user, and given to neither tower: learning
+        from the chosen item's genre as context and ranking without it is the skew this
+        avoids.
+        """
+        for key, v in pending.items():
+            if v is None or v != v:  # missing
+                continue
+            counts = self._route_counts.setdefault(key, [0, 0, 0, 0])
+            for store, owner, at in ((self._pending_item, item, 0), (self._pending_user, user, 2)):
+                kept = store.setdefault(owner, {})
+                if key in kept:
+                    counts[at] += 1
+                    counts[at + 1] += kept[key] == v
+                kept[key] = v
+            side = self._route_side(counts)
+            if side is not None:
+                self._route(key, side)
+
+    @staticmethod
+    def _route_side(counts: list[int]) -> str | None:
+        """The side of a key from its repeat counts, or None while the evidence is short."""
+        n_item, a_item, n_user, a_user = counts
+        m = ROUTE_MIN_REPEATS
+        of_item = n_item >= m and a_item >= ROUTE_AGREEMENT * n_item
+        of_user = n_user >= m and a_user >= ROUTE_AGREEMENT * n_user
+        if of_item and of_user:
+            return "context"  # constant (or the stream cannot tell): a context bias, stored nowhere
+        if of_item and (n_user >= m or n_item >= ROUTE_ALONE):
+            return "item"
+        if of_user and (n_item >= m or n_user >= ROUTE_ALONE):
+            return "user"
+        if n_item >= m and n_user >= m and not (of_item or of_user):
+            return "context"
+        return None
+
+    def _route(self, key: str, side: str) -> None:
+        """Give ``key`` its side for good, moving the values kept aside to the side's store."""
+        self._routed[key] = side
+        self._route_counts.pop(key, None)
+        for store, own, target in ((self._pending_item, "item", self._item_x), (self._pending_user, "user", self._user_x)):
+            for owner in list(store):
+                kept = store[owner]
+                v = kept.pop(key, None)
+                if side == own and v is not None:
+                    kept_v = {key: v}
+                    if self.side_numeric == "category":
+                        kept_v = _as_categories(kept_v)
+                    target[owner] = self._merge(target.get(owner), kept_v)
+                if not kept:
+                    del store[owner]
+        if side == "item":
+            self._item_set = self._item_set | {key}
+            self._cache.invalidate()  # stored item features changed
+        elif side == "user":
+            self._user_set = self._user_set | {key}
+
+    @property
+    def feature_sides(self) -> dict[str, str]:
+        """The side of every key of ``x`` the ranker knows: ``"user"``, ``"item"``, ``"context"``
+        or ``"pending"`` (``undeclared_features="auto"``, evidence still short)."""
+        sides = {k: "user" for k in self._user_set}
+        sides.update((k, "item") for k in self._item_set)
+        sides.update((k, "context") for k, s in self._routed.items() if s == "context")
+        sides.update((k, "pending") for k in self._route_counts if k not in sides)
+        return sides
 
     @staticmethod
     def _merge(stored: dict | None, new: dict) -> dict:
@@ -297,6 +430,11 @@ class NeuralRanker(OnlineLearner, Recommender, reco.base.Ranker):
         label = self._label(y)
         ux, ix, ctx = self._split(user, item, x)
         # Everything is validated: from here on the ranker changes.
+        if x and self.undeclared_features == "auto":
+            pending = self._partition(user, item, x)[3]
+            if pending:
+                self._observe_sides(user, item, pending)
+                ux, ix, ctx, _ = self._partition(user, item, x)  # some keys may have just been routed
         if ux:
             self._user_x[user] = self._merge(self._user_x.get(user), ux)
         if ix:
@@ -312,7 +450,7 @@ class NeuralRanker(OnlineLearner, Recommender, reco.base.Ranker):
             self._observe_evidence(user, [i])
             return
         if label < 0.5:
-            if self.loss != "bpr":
+            if self._loss != "bpr":
                 self._learn_event(event, 0.0, 1.0)
                 self._observe_evidence(user, [i])
             return
@@ -348,15 +486,24 @@ class NeuralRanker(OnlineLearner, Recommender, reco.base.Ranker):
         for item, fx in features.items():
             if not isinstance(fx, dict):
                 raise TypeError(f"features of item {item!r} must be a dict, got {type(fx).__name__}")
-            unknown = [k for k in fx if k not in self._item_set]
+            if self.undeclared_features == "auto":
+                # A feature given per item is an item feature, unless its side is known otherwise.
+                unknown = [k for k in fx if k in self._user_set or self._routed.get(k) == "context" or k in (USER_FIELD, ITEM_FIELD)]
+            else:
+                unknown = [k for k in fx if k not in self._item_set]
             if unknown:
-                raise ValueError(f"features of item {item!r} hold {unknown!r}, which are not item_features")
+                raise ValueError(f"features of item {item!r} hold {unknown!r}, which are not item features")
             parse_features(fx, self._log_numeric, self._nan_missing)
         # Everything is validated: from here on the ranker changes.
+        for key in dict.fromkeys(k for fx in features.values() for k in fx):
+            if key not in self._item_set:
+                self._route(key, "item")
         cat = self._catalogue
         for item in items:
             fx = features.get(item)
             if fx:
+                if self.side_numeric == "category":
+                    fx = _as_categories(fx)
                 self._item_x[item] = self._merge(self._item_x.get(item), fx)
         for start in range(0, len(items), 65_536):
             part = items[start : start + 65_536]
@@ -395,6 +542,36 @@ class NeuralRanker(OnlineLearner, Recommender, reco.base.Ranker):
             counts = counts.index_add(0, group[neg], torch.ones_like(pairs))
         losses = losses.masked_scatter(pos, per_group / counts.clamp(min=1)) if bool(pos.any()) else losses
         return losses, pairs.sum() / n_pairs
+
+    def _objective_grad(self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_objective` of ``loss="bpr"`` and its gradient in the logits, in closed form.
+
+        With ``d = s_pos - s_neg`` and ``P`` pairs, ``d(-log sigmoid d) / d s_neg = sigmoid(-d)``:
+        each negative gets ``w sigmoid(s_neg - s_pos) / P`` and its positive minus the sum
+        of those (a one-event step pays no autograd graph).
+        """
+        pos = y > 0.5
+        group = torch.cumsum(pos.long(), 0) - 1
+        neg = ~pos & (group >= 0)
+        n_pos = int(pos.sum())
+        losses = torch.zeros_like(logits)
+        d_logits = torch.zeros_like(logits)
+        if not bool(neg.any()):
+            return losses, logits.new_zeros(()), d_logits
+        pos_idx = torch.nonzero(pos).squeeze(1)
+        g = group[neg]
+        diff = logits[pos_idx[g]] - logits[neg]
+        wn = w[neg]
+        pairs = -F.logsigmoid(diff) * wn
+        n_pairs = int(neg.sum())
+        d_neg = torch.sigmoid(-diff) * wn / n_pairs
+        d_logits[neg] = d_neg
+        d_logits.index_add_(0, pos_idx, -torch.zeros(n_pos, dtype=logits.dtype, device=logits.device).index_add_(0, g, d_neg))
+        losses[neg] = pairs
+        per_group = torch.zeros(n_pos, dtype=logits.dtype, device=logits.device).index_add_(0, g, pairs)
+        counts = torch.zeros(n_pos, dtype=logits.dtype, device=logits.device).index_add_(0, g, torch.ones_like(pairs))
+        losses[pos_idx] = per_group / counts.clamp(min=1)
+        return losses, pairs.sum() / n_pairs, d_logits
 
     # ------------------------------------------------------------- prediction
 

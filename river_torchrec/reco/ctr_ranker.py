@@ -29,7 +29,7 @@ class CTRRanker(NeuralRanker):
     model
         ``"lr"``, ``"fm"``, ``"deepfm"``, ``"widedeep"``, ``"dcnv2"`` or a
         :class:`~river_torchrec.nn.CTRModel` subclass.
-    feedback, rating_range, n_negatives, negative_sampling, loss, user_features, item_features
+    feedback, rating_range, n_negatives, negative_sampling, loss, user_features, item_features, undeclared_features, side_numeric
         As for :class:`~river_torchrec.reco.TwoTowerRanker`.
     embedding_dim, hidden_units, embeddings, n_buckets, min_count, max_rows, optimizer, lr, scheduler, batch_size, device, seed, model_params, numeric, embedding_dtype, clip_numeric, missing
         As for :class:`~river_torchrec.CTRClassifier`. With ``feedback="explicit"`` and
@@ -68,6 +68,8 @@ class CTRRanker(NeuralRanker):
         loss: str = "bce",
         user_features: Sequence[str] | None = None,
         item_features: Sequence[str] | None = None,
+        undeclared_features: str = "auto",
+        side_numeric: str = "category",
         embedding_dim: int = 8,
         hidden_units: Sequence[int] = (64, 32),
         embeddings: str = "dynamic",
@@ -94,6 +96,8 @@ class CTRRanker(NeuralRanker):
         self.loss = loss
         self.user_features = user_features
         self.item_features = item_features
+        self.undeclared_features = undeclared_features
+        self.side_numeric = side_numeric
         self.embedding_dim = embedding_dim
         self.hidden_units = hidden_units
         self.embeddings = embeddings

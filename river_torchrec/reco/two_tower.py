@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Hashable, Sequence
 
 import numpy as np
@@ -44,16 +45,38 @@ class TwoTowerRanker(NeuralRanker):
     negative_sampling
         ``"uniform"`` over the catalogue or ``"popularity"`` (proportional to positives).
     loss
-        ``"bce"``: binary cross-entropy of the positive and of each negative, mean over the
-        group. ``"bpr"``: Bayesian personalised ranking, ``-log sigmoid(s_pos - s_neg)`` per
-        (positive, negative) pair (needs ``feedback="implicit"``).
+        ``"bpr"``: Bayesian personalised ranking, ``-log sigmoid(s_pos - s_neg)`` per
+        (positive, negative) pair (needs ``feedback="implicit"``). ``"bce"``: binary
+        cross-entropy of the positive and of each negative, mean over the group. ``"auto"``
+        (the default): BPR with ``feedback="implicit"`` and sampled negatives, BCE otherwise.
     user_features
         Keys of ``x`` that describe the user (e.g. age, occupation): remembered per user
         (the latest value of each) and fed to the user tower on every later call.
     item_features
         Keys of ``x`` that describe the item (e.g. genres, year): remembered per item, so
         :meth:`rank` and :meth:`recommend` score each candidate with its own features.
-        Any other key of ``x`` is context: used by the call that passes it, never stored.
+    undeclared_features
+        What becomes of the other keys of ``x``. ``"auto"`` (the default): each key's side is
+        learned from the stream. While a key's value keeps repeating with the same item
+        (at least 95% of the times an item comes back, over 30 such returns) and not with
+        the same user, it is an item feature; the reverse makes it a user feature; a key
+        that repeats with neither (or, constant, with both) is context. Until its side is
+        known a key is kept aside per item and per user and given to neither tower; once
+        known, the values kept aside become the items' (or users') stored features, so
+        every candidate is scored with its own. This removes the train/serve skew of
+        taking the chosen item's genre for context: learned with it, ranked without it.
+        :attr:`feature_sides` shows the sides. ``"context"``: every undeclared key is
+        context, used by the call that passes it, never stored.
+    side_numeric
+        ``"category"`` (the default): a number among the user or item features (a release
+        year, an age) is stored as a category of its own (``1997.0`` -> ``"1997"``), with an
+        embedding row per value. ``"value"``: the core's numeric encoding, one row scaled
+        by the (log) number, which for years near 2000 is a vector about 7.6 times a row
+        that every item carries and that moves 7.6 times faster than the ids' rows.
+    side_weight
+        Weight of each side feature's embedding in its tower's sum, next to the id's
+        (weight 1): below 1, the user's and the item's own rows dominate their vectors
+        and the shared feature rows, which every event of a whole segment moves, count less.
     embedding_dim
         Width of the user and item vectors.
     hidden_units
@@ -75,11 +98,17 @@ class TwoTowerRanker(NeuralRanker):
     Notes
     -----
     **Defaults** (64 dimensions, Adagrad at lr 0.15, rows drawn at std 0.01, 8 uniform
-    negatives per positive, BCE) won a sweep of learning rate, optimizer, width, number and
-    kind of negatives and loss on the first 20,000 positives (rating >= 4) of MovieLens-100K
-    in time order, by full-catalogue HitRate@10 with seen items excluded (see
-    ``benchmarks/README.md``). Popularity-proportional negatives and BPR did worse there:
-    uniform negatives let the item bias learn popularity, which carries much of MovieLens.
+    negatives per positive) won a sweep of learning rate, optimizer, width, number and kind
+    of negatives on the first 20,000 positives (rating >= 4) of MovieLens-100K in time order,
+    by full-catalogue HitRate@10 with seen items excluded. The loss, the routing of ``x`` and
+    the side-feature handling were then chosen on the first 20,000 events of MovieLens-100K
+    and of ``SyntheticInteractions`` fed as ``benchmarks/bench_reco.py`` feeds them (``x``
+    undeclared): BPR beat BCE on MovieLens (HitRate@10 1.19x most-popular against 0.74x at
+    ``side_weight=0.3``); numbers as categories beat numbers as values (1.01x against 0.90x
+    with BPR and weight 1); and a side weight of 0.1 or 0.3 beat 1 on both streams
+    (MovieLens 1.19x / 1.18x / 1.01x, synthetic 1.19x at 0.3 against 1.10x at 1). A
+    ``DriftAwareLR(boost=1)`` scheduler, which resets Adagrad's sums on an alarm, hurt on
+    both (see ``benchmarks/README.md``).
 
     :meth:`rank` scores all candidates in one batched computation; :meth:`recommend`
     keeps a matrix of item vectors and biases, recomputing only the rows of items whose
@@ -117,9 +146,12 @@ class TwoTowerRanker(NeuralRanker):
         rating_range: tuple[float, float] | None = None,
         n_negatives: int = 8,
         negative_sampling: str = "uniform",
-        loss: str = "bce",
+        loss: str = "auto",
         user_features: Sequence[str] | None = None,
         item_features: Sequence[str] | None = None,
+        undeclared_features: str = "auto",
+        side_numeric: str = "category",
+        side_weight: float = 0.1,
         embedding_dim: int = 64,
         hidden_units: Sequence[int] | None = None,
         init_std: float = 0.01,
@@ -148,6 +180,9 @@ class TwoTowerRanker(NeuralRanker):
         self.loss = loss
         self.user_features = user_features
         self.item_features = item_features
+        self.undeclared_features = undeclared_features
+        self.side_numeric = side_numeric
+        self.side_weight = side_weight
         self.embedding_dim = embedding_dim
         self.hidden_units = hidden_units
         self.init_std = init_std
@@ -172,6 +207,8 @@ class TwoTowerRanker(NeuralRanker):
             raise ValueError(f"index must be 'exact' or 'faiss', got {index!r}")
         if index == "faiss":
             import_faiss()
+        if isinstance(side_weight, bool) or not isinstance(side_weight, numbers.Real) or not 0 < side_weight <= 1e6:
+            raise ValueError(f"side_weight must be a number > 0, got {side_weight!r}")
         if not init_std > 0:
             raise ValueError(f"init_std must be > 0, got {init_std!r}")
         self._setup_ranker()
@@ -188,7 +225,10 @@ class TwoTowerRanker(NeuralRanker):
     # ------------------------------------------------------------ fields
 
     def _fields_added(self) -> None:
-        self.model_.set_item_fields([s for f, s in self._encoder.slots.items() if self._is_item_field(f)])
+        slots = self._encoder.slots
+        self.model_.set_item_fields([s for f, s in slots.items() if self._is_item_field(f)])
+        side = self._user_set | self._item_set
+        self.model_.set_field_weights({s: self.side_weight for f, s in slots.items() if f in side})
 
     # ------------------------------------------------------------ item vectors
 

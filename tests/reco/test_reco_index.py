@@ -29,11 +29,20 @@ def test_add_items_puts_cold_items_in_the_catalogue():
     assert sorted(model.recommend("anyone", k=5)) == ["a", "b"]
     vectors, _ = model.item_vectors()
     assert np.abs(vectors).sum(1).min() > 0  # rows of their own, not the padding row
-    with pytest.raises(ValueError, match=r"^features of item 'c' hold \['year'\], which are not item_features$"):
-        model.add_items(["c"], {"c": {"year": 1999}})
     with pytest.raises(TypeError, match=r"^features of item 'c' must be a dict, got str$"):
         model.add_items(["c"], {"c": "jazz"})
     assert model.catalogue == ["a", "b"]
+    # An undeclared key given per item is an item feature (undeclared_features="auto") ...
+    model.add_items(["c"], {"c": {"year": 1999}})
+    assert model.feature_sides == {"genre": "item", "year": "item"} and model._item_x["c"] == {"year": "1999"}
+    # ... and is refused when undeclared keys are context, or when the key is known as the user's.
+    strict = TwoTowerRanker(item_features=("genre",), undeclared_features="context", seed=0)
+    with pytest.raises(ValueError, match=r"^features of item 'c' hold \['year'\], which are not item features$"):
+        strict.add_items(["c"], {"c": {"year": 1999}})
+    user_side = TwoTowerRanker(user_features=("age",), seed=0)
+    with pytest.raises(ValueError, match=r"^features of item 'c' hold \['age'\], which are not item features$"):
+        user_side.add_items(["c"], {"c": {"age": 30}})
+    assert strict.catalogue == [] and user_side.catalogue == []
 
 
 def test_exact_recommend_equals_brute_force_scores():

@@ -119,7 +119,7 @@ def test_drift_aware_scheduler_scales_the_ranker_steps():
     sched = DriftAwareLR(
         detector=drift.DummyDriftDetector(t_0=50), boost=4.0, half_life=1e9, cooldown=10**6, rise_only=False
     )
-    model = TwoTowerRanker(embedding_dim=4, optimizer="sgd", lr=0.05, scheduler=sched, n_negatives=2, seed=0)
+    model = TwoTowerRanker(embedding_dim=4, optimizer="sgd", lr=0.05, scheduler=sched, n_negatives=2, loss="bce", seed=0)
     for t in range(40):
         model.learn_one(f"u{t % 3}", f"i{t % 7}", True)
     assert sched.drifts_ and sched.multiplier() == pytest.approx(4.0, rel=1e-6)
@@ -187,7 +187,7 @@ def test_constructor_errors_name_the_parameter():
         ({"feedback": "explicit", "rating_range": (5, 1)}, ValueError, r"^rating_range must be a tuple \(low, high\) of finite numbers with low < high, got \(5, 1\)$"),
         ({"n_negatives": -1}, ValueError, r"^n_negatives must be an int >= 0, got -1$"),
         ({"negative_sampling": "hard"}, ValueError, r"^negative_sampling must be one of \['uniform', 'popularity'\], got 'hard'$"),
-        ({"loss": "mse"}, ValueError, r"^loss must be 'bce' or 'bpr', got 'mse'$"),
+        ({"loss": "mse"}, ValueError, r"^loss must be 'auto', 'bce' or 'bpr', got 'mse'$"),
         ({"loss": "bpr", "feedback": "explicit"}, ValueError, r"^loss='bpr' needs feedback='implicit' and n_negatives >= 1"),
         ({"user_features": "age"}, TypeError, r"^user_features must be a sequence of feature names, got 'age'$"),
         ({"item_features": ("item",)}, ValueError, r"^item_features must not hold \['item'\]: those names are the ids' fields$"),

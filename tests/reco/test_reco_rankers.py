@@ -234,14 +234,16 @@ def test_explicit_ratings_are_soft_labels_on_the_rating_scale(cls):
 
 
 def test_implicit_zero_is_an_observed_negative():
-    model = TwoTowerRanker(embedding_dim=4, seed=0)
+    model = TwoTowerRanker(embedding_dim=4, loss="bce", seed=0)
     model.learn_one("a", "x", True)
     p0 = model.predict_one("a", "y")
     for _ in range(30):
         model.learn_one("a", "y", False)
     assert model.predict_one("a", "y") < p0
     assert "y" not in model.recommend("a", k=5)
-    bpr = TwoTowerRanker(embedding_dim=4, loss="bpr", seed=0)
+    bpr = TwoTowerRanker(embedding_dim=4, seed=0)  # loss="auto": BPR for implicit feedback
+    assert bpr._loss == "bpr" and TwoTowerRanker(feedback="explicit")._loss == "bce"
+    assert TwoTowerRanker(n_negatives=0)._loss == "bce"
     bpr.learn_one("a", "x", True)
     before = bpr.model_.embedding.weight.clone()
     bpr.learn_one("a", "y", 0)  # BPR learns from pairs only: marked as seen, not learned
@@ -254,8 +256,9 @@ def test_side_features_are_stored_per_user_and_item_and_context_is_not(cls):
     model = cls(user_features=("age",), item_features=("genre", "year"), seed=0)
     model.learn_one("a", "x", True, {"age": 30, "genre": "jazz", "year": 1959, "hour": 3})
     model.learn_one("b", "y", True, {"age": 40, "genre": "rock", "hour": 5})
-    assert model._user_x == {"a": {"age": 30}, "b": {"age": 40}}
-    assert model._item_x == {"x": {"genre": "jazz", "year": 1959}, "y": {"genre": "rock"}}
+    # Numbers describing a user or an item are stored as categories (side_numeric="category").
+    assert model._user_x == {"a": {"age": "30"}, "b": {"age": "40"}}
+    assert model._item_x == {"x": {"genre": "jazz", "year": "1959"}, "y": {"genre": "rock"}}
     model.learn_one("a", "x", True, {"year": None, "genre": "bebop"})  # latest wins, None removes
     assert model._item_x["x"] == {"genre": "bebop"}
     # Candidates are scored with their stored features: rank agrees with explicit ones.
