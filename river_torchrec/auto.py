@@ -35,6 +35,7 @@ from river_torchrec.labels import binary_label, frame_weights, sample_weight
 from river_torchrec.learner import _Lock, locked
 from river_torchrec.mixture import OnlineMixture, RunningPrior
 from river_torchrec.nn import PADDING_ROW
+from river_torchrec.numpy_path import _bce, _sigmoid
 from river_torchrec.optim import Adagrad
 
 __all__ = ["AutoCTRClassifier", "SharedRowsFM"]
@@ -53,20 +54,6 @@ LEAD_MARGIN = 1.0
 
 _SHADOW_FILE = "member-2/shared_rows_fm.safetensors"
 _DRAW_BLOCK = 4096  # DynamicEmbedding draws rows beyond its initial capacity in blocks of this many
-
-
-def _sigmoid(z: float) -> float:
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)  # z < 0 (or NaN): no overflow
-    return e / (1.0 + e)
-
-
-def _bce(z: float, y: float) -> float:
-    """Binary cross-entropy of a logit, stable for large ``|z|``; inf or NaN for a non-finite one."""
-    if not math.isfinite(z):
-        return math.inf if z == z else math.nan
-    return max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
 
 
 class SharedRowsFM:

@@ -36,3 +36,17 @@ def markdown_rows(stdout: str, first_header: str) -> dict[str, list[str]]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         rows[cells[0]] = cells[1:]
     return rows
+
+
+def assert_same_state(a, b, rtol: float, atol: float) -> None:
+    """Two estimators' model weights and updater state agree to ``rtol``/``atol``, key by key."""
+    import torch
+
+    sa, sb = a.model_.state_dict(), b.model_.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.allclose(sa[k], sb[k], rtol=rtol, atol=atol), k
+    ua, ub = a.updater.state_dict(), b.updater.state_dict()
+    assert ua.keys() == ub.keys()
+    for k in ua:
+        assert torch.allclose(torch.as_tensor(ua[k]), torch.as_tensor(ub[k]), rtol=rtol, atol=atol), k

@@ -14,6 +14,7 @@ import torch
 
 from river_torchrec import CTRClassifier, _kernels, datasets, optim
 from river_torchrec.optim.schedulers import DriftAwareLR
+from helpers import assert_same_state
 
 pytestmark = pytest.mark.skipif(not _kernels.available(), reason="numba is not installed")
 
@@ -42,14 +43,7 @@ def _kernel_on(clf: CTRClassifier) -> bool:
 
 
 def _assert_close(a: CTRClassifier, b: CTRClassifier, rtol: float, atol: float) -> None:
-    sa, sb = a.model_.state_dict(), b.model_.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.allclose(sa[k], sb[k], rtol=rtol, atol=atol), k
-    ua, ub = a.updater.state_dict(), b.updater.state_dict()
-    assert ua.keys() == ub.keys()
-    for k in ua:
-        assert torch.allclose(torch.as_tensor(ua[k]), torch.as_tensor(ub[k]), rtol=rtol, atol=atol), k
+    assert_same_state(a, b, rtol, atol)
 
 
 @pytest.mark.parametrize("updater", sorted(UPDATERS))

@@ -15,6 +15,7 @@ import torch
 from river_torchrec import CTRClassifier, datasets, optim
 from river_torchrec.learner import OnlineLearner
 from river_torchrec.optim.schedulers import Constant, DriftAwareLR, ExponentialDecay
+from helpers import assert_same_state
 
 EVENTS = list(datasets.SyntheticCTR(n_events=400, drift="abrupt", drift_at=200, seed=3))
 
@@ -36,14 +37,7 @@ def _assert_same_model(a: CTRClassifier, b: CTRClassifier, rtol: float = 1e-3, a
     # Over hundreds of steps float32 rounding (NumPy and torch sum in other orders) adds up
     # in the weights, more so where a ReLU input sits at 0; the predictions stay within
     # 1e-6 and one step is held to 1e-6 below.
-    sa, sb = a.model_.state_dict(), b.model_.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.allclose(sa[k], sb[k], rtol=rtol, atol=atol), k
-    ua, ub = a.updater.state_dict(), b.updater.state_dict()
-    assert ua.keys() == ub.keys()
-    for k in ua:
-        assert torch.allclose(torch.as_tensor(ua[k]), torch.as_tensor(ub[k]), rtol=rtol, atol=atol), k
+    assert_same_state(a, b, rtol, atol)
     assert a.n_rejected_ == b.n_rejected_
 
 

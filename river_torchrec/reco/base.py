@@ -71,7 +71,9 @@ class Recommender:
     """``recommend`` over the catalogue, for any ranker with a :class:`Catalogue` in ``_catalogue``.
 
     A ranker provides ``_catalogue_scores(user, x) -> [N]`` (higher is better) and, for
-    Thompson sampling, ``_sampled_scores(user, x, rng, scale) -> [N]``; it may provide a
+    Thompson sampling without item vectors, ``_sampled_scores(user, x, rng, scale) -> [N]``
+    (rankers with item vectors get the Bayesian last layer of
+    :mod:`river_torchrec.reco.exploration`); it may provide a
     faster greedy ``_top_items(user, x, k, seen) -> indices``.
     """
 
@@ -104,7 +106,9 @@ class Recommender:
         explore
             ``None`` or ``"greedy"``, ``"epsilon"`` (:class:`~river_torchrec.reco.exploration.EpsilonGreedy`,
             epsilon 0.1), ``"thompson"`` (:class:`~river_torchrec.reco.exploration.ThompsonSampling`)
-            or a policy object. Exploration draws from the ranker's seeded generator, so a
+            or a policy object such as ``UpperConfidenceBound()``
+            (:class:`~river_torchrec.reco.exploration.UpperConfidenceBound`; it has no string
+            name, so ``"ucb"`` is an error). Exploration draws from the ranker's seeded generator, so a
             ranker built with the same seed and fed the same calls recommends the same lists.
 
         """

@@ -113,10 +113,10 @@ class TwoTowerRanker(NeuralRanker):
     :meth:`rank` scores all candidates in one batched computation; :meth:`recommend`
     keeps a matrix of item vectors and biases, recomputing only the rows of items whose
     embedding rows moved since the last call. Exploration (``explore=``): epsilon-greedy,
-    or Thompson sampling from a Laplace posterior of the user's vector (precision
-    ``I + sum_j v_j v_j^T / 4`` over the items learned with the user, the current item
-    vectors) and of each item's bias (``1 + n_j / 4``): one ``d x d`` factorisation and one
-    normal draw per item per call. Checkpoints (:meth:`save`/:meth:`load`), pickling,
+    Thompson sampling or UCB (:class:`~river_torchrec.reco.exploration.UpperConfidenceBound`)
+    on a Bayesian last layer over the cached item vectors (see
+    :mod:`river_torchrec.reco.exploration`): one ``d x d`` factorisation and one normal
+    draw per item per call. Checkpoints (:meth:`save`/:meth:`load`), pickling,
     updaters, schedulers and bad-input handling are the core's, as for ``CTRClassifier``.
 
     Examples
@@ -367,21 +367,3 @@ class TwoTowerRanker(NeuralRanker):
         ev = self._evidence.setdefault(user, {})
         for i in indices:
             ev[i] = ev.get(i, 0.0) + 1.0
-
-    def _sampled_scores(self, user: Hashable, x: dict | None, rng: np.random.Generator, scale: float) -> np.ndarray:
-        scores = self._catalogue_scores(user, x)  # refreshes the item vectors
-        n, k = len(self._catalogue), self.embedding_dim
-        ev = self._evidence.get(user, {})
-        precision = np.eye(k)
-        if ev:
-            idx = np.fromiter(ev.keys(), dtype=np.int64, count=len(ev))
-            counts = np.fromiter(ev.values(), dtype=np.float64, count=len(ev))
-            v = self._cache.vectors[torch.from_numpy(idx)].double().cpu().numpy()
-            precision += (v * (counts / 4.0)[:, None]).T @ v
-        # z ~ N(0, precision^-1): solve L^T z = e with L L^T = precision.
-        chol = np.linalg.cholesky(precision)
-        z = np.linalg.solve(chol.T, rng.standard_normal(k))
-        with torch.inference_mode():
-            z_t = torch.from_numpy(z.astype(np.float32)).to(self._device)
-            user_noise = torch.mv(self._cache.vectors[:n], z_t).double().cpu().numpy()
-        return scores + scale * user_noise + self._item_bias_noise(rng, scale)
