@@ -35,7 +35,7 @@ from river_torchrec.labels import binary_label, frame_weights, sample_weight
 from river_torchrec.learner import _Lock, locked
 from river_torchrec.mixture import OnlineMixture, RunningPrior
 from river_torchrec.nn import PADDING_ROW
-from river_torchrec.numpy_path import _bce, _sigmoid
+from river_torchrec.numpy_path import NumpyPath, _bce, _finite, _sigmoid
 from river_torchrec.optim import Adagrad
 
 __all__ = ["AutoCTRClassifier", "SharedRowsFM"]
@@ -194,33 +194,17 @@ class SharedRowsFM:
         key of ``x`` had a row (then learning it finds the same rows)."""
         host = self.host
         fast = host._memo.numpy
-        entry = fast.entry if fast is not None else None
-        if (
-            entry is not None
-            and entry.known
-            and entry.version == host._version
-            and entry.x == x
-            and tuple(map(type, x.values())) == entry.types
-        ):
+        entry = fast.known_entry(host, x) if fast is not None else None
+        if entry is not None:
             # The host has just predicted this very event: its ids are the ones to use.
             ids, vals, known = entry.ids, entry.vals, True
         else:
-            parsed = parse_features(x, host._log_numeric, host._nan_missing)
-            slot_of = host._encoder.slots
-            n_fields = host.model_.n_fields
-            ids, vals = [PADDING_ROW] * n_fields, [0.0] * n_fields
-            slots, keys, values = [], [], []
-            for field, key, value in parsed:
-                slot = slot_of.get(field)
-                if slot is not None and slot < n_fields:
-                    slots.append(slot)
-                    keys.append((field, key))
-                    values.append(value)
-            rows, known = host.model_.embedding.peek(keys) if keys else ([], True)
-            for slot, row, value in zip(slots, rows, values):
-                ids[slot] = row
-                vals[slot] = value
-            known = known and len(slots) == len(parsed)
+            # The host's own read-only arrangement of a prediction (no row is handed out).
+            arranged = NumpyPath._arrange_dict(host, x)
+            if arranged is None:
+                parsed = parse_features(x, host._log_numeric, host._nan_missing)
+                arranged = NumpyPath._arrange(host, parsed, learn=False)
+            ids, vals, known = arranged
         if ids and max(ids) >= self.init_upto_:
             self._reserve(max(ids))
         return np.array(ids, dtype=np.intp), np.array(vals, dtype=np.float32), known
@@ -233,13 +217,17 @@ class SharedRowsFM:
             compiled = self._compiled(len(ids))
         if compiled is not None:
             return compiled[1](self._table, self._dense, ids, values, compiled[3])
-        # CTRModel.numpy_forward's arithmetic for the linear and FM terms, in the same order.
+        return self._forward_numpy(ids, values)[0]
+
+    def _forward_numpy(self, ids: np.ndarray, values: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+        """The logit (CTRModel.numpy_forward's arithmetic for the linear and FM terms, in the
+        same order), the event's rows, its scaled factors and their sum."""
         rows = self.weight_[ids]
         with np.errstate(all="ignore"):
-            logit = float(self._dense[0]) + float(rows[:, 0] @ values)
             factors = rows[:, 1:] * values[:, None]
             total = factors.sum(axis=0)
-            return logit + 0.5 * float(total @ total - np.vdot(factors, factors))
+            logit = float(self._dense[0]) + float(rows[:, 0] @ values)
+            return logit + 0.5 * float(total @ total - np.vdot(factors, factors)), rows, factors, total
 
     def _step(self, ids: np.ndarray, values: np.ndarray, label: float, weight: float) -> None:
         """One Adagrad step on one event (refused, with a warning, if anything would not be finite)."""
@@ -261,11 +249,8 @@ class SharedRowsFM:
 
     def _step_numpy(self, ids: np.ndarray, values: np.ndarray, label: float, weight: float) -> int:
         width = self._table.shape[1] // 2
-        rows = self.weight_[ids]
+        logit, rows, factors, total = self._forward_numpy(ids, values)
         with np.errstate(all="ignore"):
-            factors = rows[:, 1:] * values[:, None]
-            total = factors.sum(axis=0)
-            logit = float(self._dense[0]) + float(rows[:, 0] @ values) + 0.5 * float(total @ total - np.vdot(factors, factors))
             if not math.isfinite(_bce(logit, label) * weight):
                 return _auto_kernels.NONFINITE_LOSS
             d = np.float32((_sigmoid(logit) - label) * weight)
@@ -279,16 +264,8 @@ class SharedRowsFM:
             return self._apply(idx, grad, np.float32(d))
 
     def _adagrad(self, param: np.ndarray, grad: np.ndarray, sum_sq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # Adagrad._numpy_update's arithmetic (float32 throughout).
-        u = self.updater
-        new_sum = grad * grad
-        new_sum += sum_sq
-        s0 = u.initial_accumulator_value
-        std = np.sqrt(new_sum + s0 if s0 else new_sum)
-        std += u.eps
-        step = u.lr * grad
-        step /= std
-        return np.subtract(param, step, out=step), new_sum
+        new_param, state = self.updater._numpy_update(param, grad, {"sum_sq": sum_sq}, self.updater.lr)
+        return new_param, state["sum_sq"]
 
     def _apply(self, idx: np.ndarray, grad: np.ndarray, d_bias: np.float32) -> int:
         """Adagrad on rows ``idx`` (distinct) and the bias, written only if every value is finite."""
@@ -296,9 +273,8 @@ class SharedRowsFM:
         block = self._table[idx]
         new_rows, new_sum = self._adagrad(block[:, :width], grad, block[:, width:])
         new_dense = self._adagrad(self._dense[:1], np.array([d_bias], dtype=np.float32), self._dense[1:])
-        for a in (new_rows, new_sum, *new_dense):
-            if not math.isfinite(float(np.vdot(a, a))) and not np.isfinite(a).all():
-                return _auto_kernels.NONFINITE_STEP
+        if not _finite([new_rows, new_sum, *new_dense]):
+            return _auto_kernels.NONFINITE_STEP
         self._table[idx, :width] = new_rows
         self._table[idx, width:] = new_sum
         self._dense[0], self._dense[1] = new_dense[0][0], new_dense[1][0]

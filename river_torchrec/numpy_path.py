@@ -380,29 +380,6 @@ class NumpyPath:
             net.add_fields(len(enc))
             rows = clf._lookup(keys, True) if keys else []
         else:
-            table = _table(net)
-            if table.mode != "hash" and clipper is None and table.max_rows is None:
-                # The common case in one pass (``lookup(learn=False)`` inlined); ``known``: every
-                # field and value has its own row, so a learned event's lookup would find these
-                # rows and change nothing. Nothing is allocated, so the order does not matter.
-                # The vocabulary's cache of hot keys first: a dict lookup, no fingerprint.
-                slot_of, hot, row_of, oov = enc.slots, table._rows._cache, table._rows.get, table._oov
-                n_fields = net.n_fields
-                ids, vals = [PADDING_ROW] * n_fields, [0.0] * n_fields
-                known = True
-                for field, key, value in parsed:
-                    slot = slot_of.get(field)
-                    if slot is None:
-                        known = False
-                        continue
-                    k = (field, key)
-                    row = hot.get(k) or row_of(k)
-                    if row is None:
-                        known = False
-                        row = oov.get(field, PADDING_ROW)
-                    ids[slot] = row
-                    vals[slot] = value
-                return ids, vals, known
             # Nothing is allocated when predicting, so the order does not matter (no sort).
             slot_of = enc.slots
             slots, keys, values = [], [], []
@@ -503,8 +480,9 @@ class NumpyPath:
         self.entry = _Prediction(clf._version, dict(x) if known else None, types, ids, vals, known, logit, cache, rows)
         return _sigmoid(logit)
 
-    def learn(self, clf: CTRClassifier, x: dict, y: float, w: float) -> None:
-        """One step on one event, with the torch path's semantics (rejection included)."""
+    def known_entry(self, clf: CTRClassifier, x: dict) -> _Prediction | None:
+        """The last prediction when it was of this very event (same values, same types),
+        every field and value known, and nothing learned since; else None."""
         entry = self.entry
         if (
             entry is not None
@@ -513,6 +491,13 @@ class NumpyPath:
             and x == entry.x
             and tuple(map(type, x.values())) == entry.types
         ):
+            return entry
+        return None
+
+    def learn(self, clf: CTRClassifier, x: dict, y: float, w: float) -> None:
+        """One step on one event, with the torch path's semantics (rejection included)."""
+        entry = self.known_entry(clf, x)
+        if entry is not None:
             # Progressive validation learns the event it just predicted: when every field
             # and value was known then, parsing and looking it up again would give the same
             # rows and change nothing (no new field, row, count or recency).

@@ -50,3 +50,26 @@ def assert_same_state(a, b, rtol: float, atol: float) -> None:
     assert ua.keys() == ub.keys()
     for k in ua:
         assert torch.allclose(torch.as_tensor(ua[k]), torch.as_tensor(ub[k]), rtol=rtol, atol=atol), k
+
+
+def snapshot(clf) -> tuple[dict, dict]:
+    """Copies of an estimator's model weights and updater state, for :func:`assert_unchanged`."""
+    import torch
+
+    return (
+        {k: v.clone() for k, v in clf.model_.state_dict().items()},
+        {k: torch.as_tensor(v).clone() for k, v in clf.updater.state_dict().items()},
+    )
+
+
+def assert_unchanged(clf, snap: tuple[dict, dict]) -> None:
+    """The estimator's weights and updater state are bit for bit those of ``snap``."""
+    import torch
+
+    weights, state = snap
+    for k, v in clf.model_.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    after = clf.updater.state_dict()
+    assert after.keys() == state.keys()
+    for k, v in after.items():
+        assert torch.equal(torch.as_tensor(v), state[k]), k

@@ -14,7 +14,7 @@ import torch
 
 from river_torchrec import CTRClassifier, _kernels, datasets, optim
 from river_torchrec.optim.schedulers import DriftAwareLR
-from helpers import assert_same_state
+from helpers import assert_same_state, assert_unchanged, snapshot
 
 pytestmark = pytest.mark.skipif(not _kernels.available(), reason="numba is not installed")
 
@@ -109,46 +109,29 @@ def test_kernel_matches_the_torch_path_with_table_and_stream_options(params):
         assert kernel.scheduler.n_events == torch_path.scheduler.n_events == len(events)
 
 
-def _snapshot(clf: CTRClassifier) -> tuple[dict, dict]:
-    return (
-        {k: v.clone() for k, v in clf.model_.state_dict().items()},
-        {k: torch.as_tensor(v).clone() for k, v in clf.updater.state_dict().items()},
-    )
-
-
-def _assert_unchanged(clf: CTRClassifier, snap: tuple[dict, dict]) -> None:
-    weights, state = snap
-    for k, v in clf.model_.state_dict().items():
-        assert torch.equal(v, weights[k]), k
-    after = clf.updater.state_dict()
-    assert after.keys() == state.keys()
-    for k, v in after.items():
-        assert torch.equal(torch.as_tensor(v), state[k]), k
-
-
 @pytest.mark.parametrize("model", ["fm", "deepfm"])
 def test_a_rejected_kernel_step_changes_nothing(model):
     clf = CTRClassifier(model=model, hidden_units=(8,), embedding_dim=4, numeric="raw", defence=None)
     _progressive(clf, EVENTS[:60])
     assert _kernel_on(clf)
-    snap = _snapshot(clf)
+    snap = snapshot(clf)
     x, y = EVENTS[10]
     # A finite event whose gradient squares overflow float32 in Adagrad's sums.
     huge = {**x, "price": 3e38} if "price" in x else {**x, "num_0": 3e38}
     with pytest.warns(RuntimeWarning, match="rejected a step"):
         clf.learn_one(huge, True)
     assert clf.n_rejected_ == 1
-    _assert_unchanged(clf, snap)
+    assert_unchanged(clf, snap)
     # A non-finite weight makes the loss non-finite: rejected, nothing written.
     clf = CTRClassifier(model=model, hidden_units=(8,), embedding_dim=4, defence=None)
     _progressive(clf, EVENTS[:60])
     with torch.no_grad():
         clf.model_.bias.fill_(math.inf)  # in place: the workspace sees it
-    snap = _snapshot(clf)
+    snap = snapshot(clf)
     with pytest.warns(RuntimeWarning, match="rejected a step: a non-finite loss"):
         clf.learn_one(*EVENTS[10])
     assert clf.n_rejected_ == 1
-    _assert_unchanged(clf, snap)
+    assert_unchanged(clf, snap)
 
 
 def test_a_rejected_first_kernel_step_creates_no_updater_state():
